@@ -1,0 +1,183 @@
+"""Conversion between numpy masks and FiftyOne labels, and dataset mask-target bookkeeping."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import fiftyone as fo
+import numpy as np
+from PIL import Image
+
+from samseg_core.masks import masks_to_boxes_xyxy
+
+
+class MaskTargetConflict(ValueError):
+    """Raised when new mask targets would rename an existing class id."""
+
+
+def segmentation_from_array(
+    mask: np.ndarray, *, mask_dir: str | os.PathLike | None = None, name: str | None = None
+) -> fo.Segmentation:
+    """Returns an ``fo.Segmentation`` for an HxW class-id map, stored in the database or as a PNG.
+
+    Args:
+        mask: HxW integer class ids (values must fit in uint16).
+        mask_dir: when given, the mask is written as ``<mask_dir>/<name>.png`` and referenced by ``mask_path``
+            (what large datasets want: the database stays small).
+        name: the PNG's file stem (e.g. the sample id); required with ``mask_dir``.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"expected an HxW class map, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > np.iinfo(np.uint16).max):
+        raise ValueError("class ids must lie in [0, 65535]")
+    dtype = np.uint8 if (not mask.size or mask.max() < 256) else np.uint16
+    compact = np.ascontiguousarray(mask, dtype=dtype)
+    if mask_dir is None:
+        return fo.Segmentation(mask=compact)
+    if not name:
+        raise ValueError("segmentation_from_array needs a name when writing to mask_dir")
+    os.makedirs(mask_dir, exist_ok=True)
+    path = os.path.abspath(os.path.join(os.fspath(mask_dir), f"{name}.png"))
+    tmp = f"{path}.tmp.png"
+    Image.fromarray(compact).save(tmp)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written PNG behind
+    return fo.Segmentation(mask_path=path)
+
+
+def read_segmentation(label: Any) -> np.ndarray | None:
+    """Returns the HxW class-id map of an ``fo.Segmentation`` (in-database or ``mask_path``), or None.
+
+    RGB masks (FiftyOne's hex-colour mask targets) are not supported here and raise a ValueError naming the
+    problem, so the caller can record it per sample.
+    """
+    if label is None:
+        return None
+    mask = label.get_mask() if hasattr(label, "get_mask") else getattr(label, "mask", None)
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        if mask.shape[2] == 1 or np.all(mask == mask[..., :1]):
+            mask = mask[..., 0]
+        else:
+            raise ValueError("RGB segmentation masks are not supported; store class ids (HxW integers)")
+    return mask.astype(np.int32, copy=False)
+
+
+def mask_targets_of(samples: Any, field_name: str) -> dict[int, str]:
+    """Returns the mask targets FiftyOne applies to ``field_name`` (field-specific, else the dataset default)."""
+    dataset = samples._dataset
+    targets = dataset.mask_targets.get(field_name) or dataset.default_mask_targets or {}
+    return {int(k): str(v) for k, v in targets.items() if str(k).isdigit()}
+
+
+def merge_mask_targets(
+    samples: Any, field_name: str, targets: Mapping[int, str], *, overwrite: bool = False
+) -> dict[int, str]:
+    """Adds ``targets`` to ``dataset.mask_targets[field_name]`` without dropping existing entries.
+
+    An id already mapped to a different name raises :class:`MaskTargetConflict` unless ``overwrite``.
+    Returns the merged targets (and saves the dataset when they changed).
+    """
+    dataset = samples._dataset
+    current = {int(k): v for k, v in (dataset.mask_targets.get(field_name) or {}).items()}
+    merged = dict(current)
+    for class_id, name in targets.items():
+        class_id = int(class_id)
+        if class_id in current and current[class_id] != name and not overwrite:
+            raise MaskTargetConflict(
+                f"mask_targets['{field_name}'][{class_id}] is '{current[class_id]}', not '{name}'; "
+                "pass overwrite=True to rename it"
+            )
+        merged[class_id] = str(name)
+    if merged != current:
+        mask_targets = dict(dataset.mask_targets)
+        mask_targets[field_name] = merged
+        dataset.mask_targets = mask_targets
+        dataset.save()
+    return merged
+
+
+def detections_from_masks(
+    masks: np.ndarray,
+    labels: Sequence[str],
+    *,
+    confidences: Sequence[float] | None = None,
+    attributes: Mapping[str, Sequence[Any]] | None = None,
+) -> fo.Detections:
+    """Returns ``fo.Detections`` with one box-relative instance mask per full-image mask.
+
+    Args:
+        masks: (N, H, W) bool masks at image resolution; empty masks are skipped.
+        labels: N class names.
+        confidences: N scores (optional).
+        attributes: name -> N values, set as dynamic attributes of each detection (numpy scalars converted).
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if masks.ndim != 3:
+        raise ValueError(f"expected (N, H, W) masks, got shape {masks.shape}")
+    n, height, width = masks.shape
+    if len(labels) != n:
+        raise ValueError(f"{n} masks but {len(labels)} labels")
+    boxes = masks_to_boxes_xyxy(masks)
+    nonempty = masks.reshape(n, -1).any(axis=1)
+    detections = []
+    for i in np.flatnonzero(nonempty):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        det = fo.Detection(
+            label=str(labels[i]),
+            bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
+            mask=masks[i, y0 : y1 + 1, x0 : x1 + 1].copy(),
+        )
+        if confidences is not None:
+            det.confidence = float(confidences[i])
+        for key, values in (attributes or {}).items():
+            det[key] = to_python(values[i])
+        detections.append(det)
+    return fo.Detections(detections=detections)
+
+
+def masks_from_detections(detections: Any, height: int, width: int) -> tuple[np.ndarray, list[Any]]:
+    """Returns (N, H, W) bool full-image masks of the detections that carry instance masks, and those detections.
+
+    Detections without a mask fill their bounding box (a box is the best mask such a label offers).
+    """
+    dets = list(getattr(detections, "detections", None) or [])
+    out = np.zeros((len(dets), height, width), dtype=bool)
+    for i, det in enumerate(dets):
+        bx, by, bw, bh = det.bounding_box
+        x0, y0 = int(round(bx * width)), int(round(by * height))
+        x1, y1 = int(round((bx + bw) * width)), int(round((by + bh) * height))
+        x0, y0 = min(max(x0, 0), width), min(max(y0, 0), height)
+        x1, y1 = min(max(x1, x0), width), min(max(y1, y0), height)
+        mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
+        if mask is None:
+            out[i, y0:y1, x0:x1] = True
+            continue
+        mask = np.asarray(mask).astype(bool)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        h, w = y1 - y0, x1 - x0
+        if h <= 0 or w <= 0:
+            continue
+        if mask.shape != (h, w):
+            rows = (np.arange(h) * mask.shape[0] // h).clip(0, mask.shape[0] - 1)
+            cols = (np.arange(w) * mask.shape[1] // w).clip(0, mask.shape[1] - 1)
+            mask = mask[rows][:, cols]
+        out[i, y0:y1, x0:x1] = mask
+    return out, dets
+
+
+def to_python(value: Any) -> Any:
+    """Converts numpy scalars/arrays (and containers of them) into plain Python values for storage."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): to_python(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_python(v) for v in value]
+    return value

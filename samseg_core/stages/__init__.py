@@ -1,0 +1,1 @@
+"""FiftyOne-facing stages: each takes a sample collection, writes fields and returns a RunSummary."""
