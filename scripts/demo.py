@@ -1,0 +1,207 @@
+"""samseg demo: build a small dataset on FiftyOne's bundled database, run the pipeline, print a summary.
+
+With weights reachable (online, or checkpoints already in place) it runs SegFormer-B0 and SAM vit_b on a few
+images. Without them it builds synthetic scenes with ground truth and a stored coarse prediction standing in for
+your own model, and runs the stages that need no weights. It says which path it took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SEGFORMER = "nvidia/segformer-b0-finetuned-ade-512-512"
+DEMO_MARK = "samseg_demo"
+
+
+def online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """Returns whether the Hugging Face hub answers within ``timeout`` seconds."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def find_weights(is_online: bool) -> tuple[Path | None, Any, str]:
+    """Returns (SAM vit_b checkpoint or None, a loaded SegFormer or None, a sentence saying what was found)."""
+    from samseg_core.models.sam import SamCheckpointNotFound, resolve_sam_checkpoint
+    from samseg_core.models.semantic import load_semantic_model
+
+    if not is_online:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        checkpoint = resolve_sam_checkpoint("vit_b", allow_download=is_online)
+    except SamCheckpointNotFound:
+        checkpoint = None
+    try:
+        segformer = load_semantic_model(SEGFORMER)
+    except Exception:
+        segformer = None
+    found = f"SAM vit_b: {checkpoint or 'not found'}; {SEGFORMER}: {'found' if segformer else 'not found'}"
+    return checkpoint, segformer, found
+
+
+def fresh_dataset(name: str) -> Any:
+    """Returns a new persistent dataset ``name``, replacing an earlier demo dataset but never a user's dataset."""
+    import fiftyone as fo
+
+    if fo.dataset_exists(name):
+        old = fo.load_dataset(name)
+        if not old.info.get(DEMO_MARK):
+            sys.exit(f"dataset '{name}' exists and was not made by this demo; pass --dataset another-name")
+        old.delete()
+    dataset = fo.Dataset(name, persistent=True)
+    dataset.info[DEMO_MARK] = True
+    dataset.save()
+    return dataset
+
+
+def synthetic_samples(dataset: Any, image_dir: Path, count: int) -> None:
+    """Adds synthetic scenes with ``ground_truth`` and a degraded ``coarse`` prediction ("your model")."""
+    import fiftyone as fo
+
+    from samseg_core.labels import merge_mask_targets
+    from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
+
+    scenes = make_scenes(count, seed=7, size=(192, 256))
+    paths = write_scene_images(scenes, image_dir)
+    dataset.add_samples(
+        fo.Sample(
+            filepath=str(path),
+            ground_truth=fo.Segmentation(mask=scene.semantic.astype("uint8")),
+            coarse=fo.Segmentation(
+                mask=degrade_prediction(scene, seed=i, missing_instances=1).astype("uint8")
+            ),
+        )
+        for i, (scene, path) in enumerate(zip(scenes, paths))
+    )
+    for field in ("ground_truth", "coarse"):
+        merge_mask_targets(dataset, field, scenes[0].class_names)
+
+
+def zoo_samples(dataset: Any, count: int) -> bool:
+    """Adds ``count`` images of FiftyOne's quickstart zoo dataset; False when it cannot be downloaded."""
+    try:
+        import fiftyone.zoo as foz
+
+        quickstart = foz.load_zoo_dataset("quickstart", max_samples=count, persistent=False)
+    except Exception as err:
+        print(f"  (quickstart images unavailable: {err})")
+        return False
+    import fiftyone as fo
+
+    dataset.add_samples(fo.Sample(filepath=path) for path in quickstart.values("filepath"))
+    return True
+
+
+def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
+    """Voting over superpixels of the coarse prediction, then QA against the ground truth."""
+    import samseg_core as ss
+
+    steps = [
+        ("semantic voting (superpixels, plurality)", ss.semantic_voting(
+            dataset, semantic_field="coarse", label_field="ssa", masks="superpixels",
+            instances_field="ssa_masks", mode="plurality",
+        )),
+        ("semantic voting (superpixels, no-harm)", ss.semantic_voting(
+            dataset, semantic_field="coarse", label_field="ssa_noharm", masks="superpixels",
+            instances_field="ssa_noharm_masks", mode="no_harm",
+        )),
+    ]
+    for field in ("coarse", "ssa", "ssa_noharm"):
+        steps.append((f"IoU of '{field}' vs ground truth", ss.evaluate_iou(
+            dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"
+        )))
+    steps.append(("failure modes of 'ssa'", ss.detect_failures(
+        dataset, pred_field="ssa", gt_field="ground_truth", label_field="ssa_failures"
+    )))
+    steps.append(("relabeling queue", ss.build_relabel_queue(
+        dataset, eval_key="ssa_iou", name="relabel", failures_field="ssa_failures"
+    )))
+    return steps
+
+
+def run_with_weights(dataset: Any, segformer: Any, checkpoint: Path, has_gt: bool) -> list[tuple[str, Any]]:
+    """Real models: SegFormer baseline, SAM refinement and SAM semantic voting sharing one embedding per image."""
+    import samseg_core as ss
+    from samseg_core.models.sam import load_sam
+    from samseg_core.sam_embedding import EmbeddingCache
+
+    sam = load_sam("vit_b", checkpoint=checkpoint)
+    cache = EmbeddingCache(sam)
+    steps = [("baseline (SegFormer-B0, ADE20K)", ss.run_baseline(dataset, model=segformer, label_field="baseline"))]
+    steps.append(("SAM refinement (points+box, gated)", ss.refine_with_sam(
+        dataset, semantic_field="baseline", label_field="sam_refined", sam=sam, cache=cache
+    )))
+    steps.append(("semantic voting (SAM automatic masks, fast preset)", ss.semantic_voting(
+        dataset, semantic_field="baseline", label_field="ssa", masks="sam", sam=sam, cache=cache, preset="fast"
+    )))
+    for field in ("sam_refined", "ssa"):
+        if has_gt:
+            steps.append((f"IoU of '{field}' vs ground truth", ss.evaluate_iou(
+                dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"
+            )))
+        else:
+            steps.append((f"agreement of '{field}' with the baseline", ss.agreement_iou(
+                dataset, "baseline", field, eval_key=f"{field}_agree"
+            )))
+    return steps
+
+
+def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -> None:
+    """Prints each step's counts, the per-field mIoU table and how to open the App."""
+    print(f"\nsamseg demo — {path_taken}")
+    print(f"dataset '{dataset.name}': {len(dataset)} samples on FiftyOne's database")
+    for name, result in steps:
+        print(f"  {name}: {result}")
+    rows = [
+        (key, dataset.mean(f"{key}_miou"))
+        for key in sorted(dataset.list_runs() if hasattr(dataset, "list_runs") else [])
+        if dataset.get_field(f"{key}_miou") is not None
+    ]
+    if rows:
+        print("\nmean per-image mIoU (synthetic scenes: illustrates the workflow, not model quality)"
+              if "synthetic" in path_taken else "\nmean per-image mIoU")
+        for key, value in rows:
+            print(f"  {key:<16} {value:.4f}")
+    print(f"\nsaved views: {dataset.list_saved_views()}")
+    print(f"open the App:  fiftyone app launch {dataset.name}")
+
+
+def main() -> None:
+    """Runs the demo."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="samseg-demo", help="name of the demo dataset (replaced if ours)")
+    parser.add_argument("--images", type=int, default=6, help="number of images")
+    parser.add_argument("--offline", action="store_true", help="skip the weight check: weight-free stages only")
+    parser.add_argument("--image-dir", default=os.path.expanduser("~/.cache/samseg/demo/images"))
+    args = parser.parse_args()
+
+    is_online = False if args.offline else online()
+    checkpoint, segformer, found = (None, None, "skipped (--offline)") if args.offline else find_weights(is_online)
+    print(f"network: {'online' if is_online else 'offline'}; weights: {found}")
+
+    dataset = fresh_dataset(args.dataset)
+    if checkpoint and segformer:
+        has_gt = not (is_online and zoo_samples(dataset, args.images))
+        if has_gt:
+            synthetic_samples(dataset, Path(args.image_dir), args.images)
+        path = "real models (SegFormer-B0 + SAM vit_b) on " + ("synthetic scenes" if has_gt else "quickstart images")
+        steps = run_with_weights(dataset, segformer, checkpoint, has_gt)
+    else:
+        synthetic_samples(dataset, Path(args.image_dir), args.images)
+        path = "no weights reachable: synthetic scenes + a stored coarse prediction, weight-free stages"
+        steps = run_weight_free(dataset)
+    print_summary(dataset, steps, path)
+
+
+if __name__ == "__main__":
+    main()
