@@ -23,7 +23,10 @@ def _baseline_inputs(ctx: Any, inputs: types.Object) -> None:
     common.add_field_input(inputs, "label_field", "Label field", "baseline")
     inputs.str("confidence_field", label="Confidence heatmap field (optional)", default="", required=False)
     inputs.str(
-        "mask_dir", label="Write masks as PNGs to (optional)", default="", required=False,
+        "mask_dir",
+        label="Write masks as PNGs to (optional)",
+        default="",
+        required=False,
         description="Recommended for large datasets: keeps masks out of the database",
     )
     common.add_run_inputs(inputs)

@@ -92,14 +92,18 @@ def add_run_inputs(inputs: types.Object, *, batch_size: int = 4) -> None:
     )
     inputs.int("batch_size", label="Batch size", default=batch_size)
     inputs.int(
-        "num_workers", label="Loader workers", default=0, description="Image decoding workers (delegated runs)"
+        "num_workers",
+        label="Loader workers",
+        default=0,
+        description="Image decoding workers (delegated runs)",
     )
     inputs.bool(
-        "skip_existing", label="Skip samples that already have results (resume)", default=True, view=types.CheckboxView()
+        "skip_existing",
+        label="Skip samples that already have results (resume)",
+        default=True,
+        view=types.CheckboxView(),
     )
-    inputs.bool(
-        "overwrite", label="Overwrite existing results", default=False, view=types.CheckboxView()
-    )
+    inputs.bool("overwrite", label="Overwrite existing results", default=False, view=types.CheckboxView())
     inputs.bool(
         "skip_failures",
         label="Record per-sample errors and continue",

@@ -114,7 +114,9 @@ def ids_with_values(samples: Any, field_name: str) -> set[str]:
     return set(samples.exists(field_name).values("id"))
 
 
-def check_writable(samples: Any, output_fields: Sequence[str], skip_existing: bool, overwrite: bool) -> set[str]:
+def check_writable(
+    samples: Any, output_fields: Sequence[str], skip_existing: bool, overwrite: bool
+) -> set[str]:
     """Returns the ids to skip; raises FieldExistsError when existing values would be clobbered.
 
     With ``overwrite`` nothing is skipped; with ``skip_existing`` samples whose primary field is set are skipped
@@ -177,7 +179,9 @@ def process_with_fallback(process: ProcessFn, items: list[SampleItem]) -> list[S
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             half = len(items) // 2
-            logger.warning("out of memory on a batch of %d; retrying as %d + %d", len(items), half, len(items) - half)
+            logger.warning(
+                "out of memory on a batch of %d; retrying as %d + %d", len(items), half, len(items) - half
+            )
             return process_with_fallback(process, items[:half]) + process_with_fallback(process, items[half:])
         if len(items) == 1:
             return [err]

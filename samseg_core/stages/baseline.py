@@ -63,7 +63,9 @@ def run_baseline(
     outputs = [label_field] + ([confidence_field] if confidence_field else [])
 
     def process(items: list[SampleItem]) -> list[StageResult]:
-        predictions = segmenter.predict([item.image for item in items], return_confidence=bool(confidence_field))
+        predictions = segmenter.predict(
+            [item.image for item in items], return_confidence=bool(confidence_field)
+        )
         results: list[StageResult] = []
         for item, pred in zip(items, predictions):
             result: dict[str, Any] = {
