@@ -37,9 +37,11 @@ def resolve_delegation(ctx: Any) -> bool | None:
     if delegate is not None:
         return bool(delegate)
     try:
-        return len(target_view(ctx)) > DELEGATE_ABOVE_SAMPLES
+        large = len(target_view(ctx)) > DELEGATE_ABOVE_SAMPLES
     except Exception:  # no dataset in context yet: let the user's choice stand
         return None
+    # small views: None lets the request (App choice or request_delegation) decide
+    return True if large else None
 
 
 def add_field_input(
@@ -165,3 +167,74 @@ def execute_from_sdk(
     ctx = {"view": sample_collection.view(), "params": {**params, "delegate": delegate}}
     result = foo.execute_operator(operator.uri, ctx, request_delegation=delegate)
     return result if delegate else result.result
+
+
+def add_sam_inputs(inputs: types.Object, *, default: str = "vit_b") -> None:
+    """Adds the SAM model inputs shared by the SAM stages: type / path / ``module:function`` spec, checkpoint."""
+    inputs.str(
+        "sam",
+        label="SAM model",
+        default=default,
+        required=True,
+        description="vit_b, vit_l, vit_h, a checkpoint path, or a module:function spec",
+    )
+    inputs.str(
+        "sam_checkpoint",
+        label="SAM checkpoint (optional)",
+        default="",
+        required=False,
+        description="Explicit .pth file; else $SAMSEG_SAM_CHECKPOINT, FiftyOne's model zoo, then download",
+    )
+
+
+def sam_kwargs(params: dict[str, Any], *, default: str = "vit_b") -> dict[str, Any]:
+    """Parses :func:`add_sam_inputs` into the SDK's ``sam`` / ``sam_checkpoint`` keyword arguments."""
+    return {"sam": params.get("sam") or default, "sam_checkpoint": params.get("sam_checkpoint") or None}
+
+
+#: SAM automatic-mask-generator settings shown in forms (any other setting works from Python): label, type, default.
+AMG_FORM_SETTINGS: dict[str, tuple[str, type, Any]] = {
+    "points_per_side": ("Points per side", int, 32),
+    "points_per_batch": ("Points per batch", int, 64),
+    "pred_iou_thresh": ("Predicted IoU threshold", float, 0.88),
+    "stability_score_thresh": ("Stability score threshold", float, 0.95),
+    "crop_n_layers": ("Crop layers", int, 0),
+    "crop_n_points_downscale_factor": ("Crop points downscale factor", int, 1),
+    "min_mask_region_area": ("Min mask region area (px)", int, 0),
+}
+NO_AMG_PRESET = "none"
+
+
+def add_amg_inputs(ctx: Any, inputs: types.Object, *, default_preset: str = "ssa") -> None:
+    """Adds SAM model inputs plus the automatic mask generator's preset and main settings (preset values as
+    defaults)."""
+    from samseg_core.mask_sources import AMG_PRESETS
+
+    add_sam_inputs(inputs)
+    add_choice_input(
+        inputs,
+        "preset",
+        "Generator preset",
+        [*AMG_PRESETS, NO_AMG_PRESET],
+        default_preset,
+        description="ssa: SSA's settings (64 points, 1 crop layer); fast: 32 points, no crops",
+    )
+    values = AMG_PRESETS.get(ctx.params.get("preset", default_preset), {})
+    for key, (label, kind, default) in AMG_FORM_SETTINGS.items():
+        value = values.get(key, default)
+        if kind is int:
+            inputs.int(key, label=label, default=int(value), required=False)
+        else:
+            inputs.float(key, label=label, default=float(value), required=False)
+
+
+def amg_kwargs(params: dict[str, Any], *, default_preset: str = "ssa") -> dict[str, Any]:
+    """Parses :func:`add_amg_inputs` into ``sam``, ``sam_checkpoint``, ``preset`` (None for "none") and the
+    generator settings the form set."""
+    preset = params.get("preset", default_preset) or default_preset
+    settings = {
+        key: kind(params[key])
+        for key, (_, kind, _) in AMG_FORM_SETTINGS.items()
+        if params.get(key) not in (None, "")
+    }
+    return {**sam_kwargs(params), "preset": None if preset == NO_AMG_PRESET else preset, **settings}

@@ -18,8 +18,12 @@ _SDK = {
     "prompt_study": "samseg_core.stages.refinement",
     "open_vocab_labels": "samseg_core.stages.engine",
     "evaluate_iou": "samseg_core.stages.evaluation",
-    "detect_failures": "samseg_core.stages.evaluation",
+    "agreement_iou": "samseg_core.stages.evaluation",
+    "detect_failures": "samseg_core.stages.failure_modes",
     "build_relabel_queue": "samseg_core.curation",
+    "load_relabel_results": "samseg_core.curation",
+    "delete_relabel_queue": "samseg_core.curation",
+    "qa_summary": "samseg_core.qa_summary",
     "RunSummary": "samseg_core.runner",
 }
 

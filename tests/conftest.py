@@ -50,14 +50,21 @@ def dataset():
 
 
 @pytest.fixture
-def scene_dataset(dataset, tmp_path):
-    """A dataset of 4 synthetic scenes with ``ground_truth`` and a degraded ``coarse`` prediction."""
+def scenes():
+    """4 deterministic synthetic scenes (ground truth semantic maps and instances)."""
+    from samseg_core.testing import make_scenes
+
+    return make_scenes(4, seed=0)
+
+
+@pytest.fixture
+def scene_dataset(dataset, scenes, tmp_path):
+    """A dataset of the ``scenes`` with ``ground_truth`` and a degraded ``coarse`` prediction."""
     import fiftyone as fo
 
     from samseg_core.labels import merge_mask_targets
-    from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
+    from samseg_core.testing import degrade_prediction, write_scene_images
 
-    scenes = make_scenes(4, seed=0)
     paths = write_scene_images(scenes, tmp_path / "images")
     samples = []
     for i, (scene, path) in enumerate(zip(scenes, paths)):
@@ -71,5 +78,4 @@ def scene_dataset(dataset, tmp_path):
     dataset.add_samples(samples)
     merge_mask_targets(dataset, "ground_truth", scenes[0].class_names)
     merge_mask_targets(dataset, "coarse", scenes[0].class_names)
-    dataset.scenes = scenes  # the scenes' instances, for failure-mode tests
     return dataset

@@ -1,0 +1,119 @@
+"""The samseg QA panel: mIoU per field before/after, failure counts, per-class IoU chart, worst samples, and
+buttons that open the relabel queues' saved views. All data comes from :func:`samseg_core.qa_summary.qa_summary`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from samseg_core.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
+
+
+def _event_param(ctx: Any, name: str) -> Any:
+    """A button's or input's parameter: in ``ctx.params`` (panel events) or its ``event_args``."""
+    value = ctx.params.get(name)
+    if value is None:
+        value = (getattr(ctx, "event_args", None) or ctx.params.get("event_args") or {}).get(name)
+    return value
+
+
+class QAPanel(foo.Panel):
+    """Segmentation QA overview of the current dataset."""
+
+    @property
+    def config(self) -> foo.PanelConfig:
+        return foo.PanelConfig(
+            name="samseg_qa_panel",
+            label="samseg QA",
+            help_markdown="mIoU per field, failure modes and relabel queues computed by samseg's operators",
+            surfaces="grid",
+        )
+
+    def _refresh(self, ctx: Any, eval_key: str | None = None) -> None:
+        if ctx.dataset is None:
+            return
+        try:
+            summary = qa_summary(ctx.view, eval_key=eval_key)
+        except ValueError:  # the selected run was deleted or renamed meanwhile
+            summary = qa_summary(ctx.view)
+        state = ctx.panel.state
+        state.summary_md = summary_markdown(summary)
+        state.eval_key = summary["selected"]
+        state.eval_keys = [e["key"] for e in summary["evaluations"]]
+        state.worst = [
+            {
+                "filename": w["filename"],
+                "miou": None if w["miou"] is None else round(w["miou"], 4),
+                "id": w["id"],
+            }
+            for w in summary["worst"]
+        ]
+        state.views = [view for queue in summary["queues"] for view in queue["views"]]
+        ctx.panel.data.per_class = per_class_bar_traces(summary)
+
+    def on_load(self, ctx: Any) -> None:
+        self._refresh(ctx)
+
+    def on_change_dataset(self, ctx: Any) -> None:
+        self._refresh(ctx)
+
+    def refresh(self, ctx: Any) -> None:
+        self._refresh(ctx, ctx.panel.state.eval_key)
+
+    def select_evaluation(self, ctx: Any) -> None:
+        self._refresh(ctx, _event_param(ctx, "value"))
+
+    def open_view(self, ctx: Any) -> None:
+        name = _event_param(ctx, "view")
+        if name:
+            ctx.ops.set_view(name=name)
+
+    def show_worst(self, ctx: Any) -> None:
+        ids = [row["id"] for row in ctx.panel.state.worst or []]
+        if ids:
+            ctx.ops.set_view(view=ctx.dataset.select(ids, ordered=True))
+
+    def render(self, ctx: Any) -> types.Property:
+        panel = types.Object()
+        state = ctx.panel.state
+        panel.str("summary_md", view=types.MarkdownView())
+        keys = state.eval_keys or []
+        if keys:
+            dropdown = types.DropdownView(label="Evaluation")
+            for key in keys:
+                dropdown.add_choice(key, label=key)
+            panel.enum(
+                "eval_key", keys, default=state.eval_key, view=dropdown, on_change=self.select_evaluation
+            )
+            panel.plot(
+                "per_class",
+                layout={
+                    "title": {"text": "Per-class IoU (summed over samples)"},
+                    "barmode": "group",
+                    "yaxis": {"range": [0, 1], "title": {"text": "IoU"}},
+                    "height": 320,
+                    "margin": {"l": 50, "r": 20, "t": 40, "b": 40},
+                },
+            )
+            table = types.TableView()
+            table.add_column("filename", label="Worst samples")
+            table.add_column("miou", label="mIoU")
+            panel.list("worst", types.Object(), view=table)
+            panel.btn("show_worst", label="Show worst samples", on_click=self.show_worst, variant="outlined")
+        buttons = panel.h_stack("queue_views", align_x="left")
+        for i, name in enumerate(state.views or []):
+            buttons.btn(
+                f"open_view_{i}",
+                label=f"Open '{name}'",
+                on_click=self.open_view,
+                params={"view": name},
+                variant="contained",
+            )
+        panel.btn("refresh", label="Refresh", on_click=self.refresh, icon="refresh")
+        return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=1))
+
+
+PANELS = [QAPanel]
