@@ -7,47 +7,15 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from samseg_core.mask_sources import AMG_PRESETS, SUPERPIXEL_METHODS
+from samseg_core.mask_sources import SUPERPIXEL_METHODS
 from samseg_core.stages.voting import semantic_voting
 from samseg_core.voting import VOTING_MODES
 
 from . import common
 
-NO_PRESET = "none"
-# generator settings shown in the form (any other SamAutomaticMaskGenerator setting works from Python)
-AMG_FORM_SETTINGS: dict[str, tuple[str, type, Any]] = {
-    "points_per_side": ("Points per side", int, 32),
-    "points_per_batch": ("Points per batch", int, 64),
-    "pred_iou_thresh": ("Predicted IoU threshold", float, 0.88),
-    "stability_score_thresh": ("Stability score threshold", float, 0.95),
-    "crop_n_layers": ("Crop layers", int, 0),
-    "crop_n_points_downscale_factor": ("Crop points downscale factor", int, 1),
-    "min_mask_region_area": ("Min mask region area (px)", int, 0),
-}
-
 
 def _mask_source_choices(ctx: Any) -> list[str]:
     return ["sam", *SUPERPIXEL_METHODS, *(f"field:{name}" for name in common.detections_fields(ctx))]
-
-
-def _sam_inputs(ctx: Any, inputs: types.Object) -> None:
-    inputs.str(
-        "sam", label="SAM model", default="vit_b", required=True,
-        description="vit_b / vit_l / vit_h, a checkpoint path, or a module:function spec",
-    )  # fmt: skip
-    inputs.str("sam_checkpoint", label="SAM checkpoint (optional)", default="", required=False)
-    common.add_choice_input(
-        inputs, "preset", "Generator preset", [*AMG_PRESETS, NO_PRESET], "ssa",
-        description="ssa: SSA's settings (64 points, 1 crop layer); fast: 32 points, no crops",
-    )  # fmt: skip
-    preset = ctx.params.get("preset", "ssa")
-    values = AMG_PRESETS.get(preset, {})
-    for key, (label, kind, default) in AMG_FORM_SETTINGS.items():
-        value = values.get(key, default)
-        if kind is int:
-            inputs.int(key, label=label, default=int(value))
-        else:
-            inputs.float(key, label=label, default=float(value))
 
 
 def _voting_inputs(ctx: Any, inputs: types.Object) -> None:
@@ -59,7 +27,7 @@ def _voting_inputs(ctx: Any, inputs: types.Object) -> None:
         description="SAM's automatic masks, weight-free superpixels, or masks stored in a Detections field",
     )  # fmt: skip
     if ctx.params.get("masks", "sam") == "sam":
-        _sam_inputs(ctx, inputs)
+        common.add_amg_inputs(ctx, inputs)
     common.add_choice_input(
         inputs, "mode", "Voting mode", list(VOTING_MODES), "plurality",
         description="plurality: SSA; no_harm: a mask relabels only when its vote share reaches the threshold",
@@ -76,14 +44,6 @@ def _voting_inputs(ctx: Any, inputs: types.Object) -> None:
     common.add_run_inputs(inputs, batch_size=1)
 
 
-def _amg_overrides(params: dict[str, Any]) -> dict[str, Any]:
-    overrides = {}
-    for key, (_, kind, _) in AMG_FORM_SETTINGS.items():
-        if params.get(key) not in (None, ""):
-            overrides[key] = kind(params[key])
-    return overrides
-
-
 class SemanticVoting(foo.Operator):
     """Gives each mask proposal the baseline's plurality class (SSA), writing a segmentation and mask detections."""
 
@@ -97,6 +57,7 @@ class SemanticVoting(foo.Operator):
 
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
+        common.target_view(ctx)
         _voting_inputs(ctx, inputs)
         return types.Property(inputs, view=types.View(label="samseg: semantic voting (SSA)"))
 
@@ -106,15 +67,7 @@ class SemanticVoting(foo.Operator):
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
         masks = params.get("masks") or "sam"
-        sam_kwargs: dict[str, Any] = {}
-        if masks == "sam":
-            preset = params.get("preset", "ssa")
-            sam_kwargs = dict(
-                sam=params.get("sam") or "vit_b",
-                sam_checkpoint=params.get("sam_checkpoint") or None,
-                preset=None if preset == NO_PRESET else preset,
-                **_amg_overrides(params),
-            )
+        sam_kwargs = common.amg_kwargs(params) if masks == "sam" else {}
         summary = semantic_voting(
             common.target_view(ctx),
             semantic_field=params.get("semantic_field") or "baseline",
@@ -183,9 +136,11 @@ class SemanticVoting(foo.Operator):
         Returns:
             the run summary dict, or the delegated operation's ExecutionResult when ``delegate``.
         """
-        unknown = sorted(set(amg_overrides) - set(AMG_FORM_SETTINGS))
+        unknown = sorted(set(amg_overrides) - set(common.AMG_FORM_SETTINGS))
         if unknown:
-            raise TypeError(f"unknown settings {unknown}; the operator takes {sorted(AMG_FORM_SETTINGS)}")
+            raise TypeError(
+                f"unknown settings {unknown}; the operator takes {sorted(common.AMG_FORM_SETTINGS)}"
+            )
         params = dict(
             semantic_field=semantic_field,
             label_field=label_field,
@@ -193,7 +148,7 @@ class SemanticVoting(foo.Operator):
             instances_field=instances_field or "",
             sam=sam,
             sam_checkpoint=sam_checkpoint or "",
-            preset=preset or NO_PRESET,
+            preset=preset or common.NO_AMG_PRESET,
             mode=mode,
             min_vote_share=min_vote_share,
             topk=topk,

@@ -5,9 +5,9 @@ what they have in common: choosing the samples to process (``skip_existing``), r
 values (``overwrite``), loading images in a DataLoader, isolating per-sample failures (``skip_failures``),
 halving the batch on CUDA out-of-memory, bulk writes per batch (so an interrupted run resumes), and progress.
 
-Crash safety: each batch writes its secondary output fields first and the *primary* output field (the first
-one, which ``skip_existing`` looks at) last, so a run killed mid-batch leaves those samples without a primary
-value and a resumed run processes them again.
+Crash safety: each batch writes its secondary output fields and the error field first and the *primary* output
+field (the first one, which ``skip_existing`` looks at) last, so a run killed mid-batch leaves those samples
+without a primary value and a resumed run processes them again.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -81,25 +84,103 @@ StageResult = dict[str, Any] | Exception
 ProcessFn = Callable[[list[SampleItem]], list[StageResult]]
 
 
-class _ImageFiles(Dataset):
-    """Decodes images in DataLoader workers; a bad file becomes its exception, not a crashed worker."""
+class ImageReadFailure(Exception):
+    """A picklable stand-in for an image's load error, carried back from a DataLoader worker process.
 
-    def __init__(self, filepaths: Sequence[str], max_side: int | None) -> None:
+    ``kind`` is the original exception's class name, so the per-sample error reads the same whichever process
+    decoded the image (exceptions with extra constructor arguments cannot be unpickled as themselves).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return type(self), (str(self), self.kind)
+
+
+class _ImageFiles(Dataset):
+    """Decodes images for a DataLoader; a bad file becomes an :class:`ImageReadFailure`, not a crashed worker.
+
+    With ``as_tensor`` images travel as uint8 HxWx3 tensors (zero-copy views of the decoded arrays) so that the
+    DataLoader can pin them; :func:`_as_array` turns them back into numpy views of the same (pinned) memory.
+    """
+
+    def __init__(self, filepaths: Sequence[str], as_tensor: bool = False) -> None:
         self.filepaths = list(filepaths)
-        self.max_side = max_side
+        self.as_tensor = as_tensor
 
     def __len__(self) -> int:
         return len(self.filepaths)
 
-    def __getitem__(self, index: int) -> np.ndarray | Exception:
+    def __getitem__(self, index: int) -> np.ndarray | torch.Tensor | Exception:
         try:
-            return load_rgb(self.filepaths[index])
+            image = load_rgb(self.filepaths[index])
         except Exception as err:  # reported per sample by the runner
-            return err
+            in_worker = torch.utils.data.get_worker_info() is not None
+            return ImageReadFailure(str(err), type(err).__name__) if in_worker else err
+        if not self.as_tensor:
+            return image
+        with warnings.catch_warnings():  # PIL's arrays are read-only; the tensor is only read (then pinned)
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(image)
 
 
 def _collate(batch: list[Any]) -> list[Any]:
     return batch
+
+
+def _as_array(image: Any) -> Any:
+    return image.numpy() if isinstance(image, torch.Tensor) else image
+
+
+_T = TypeVar("_T")
+_END = object()
+
+
+def prefetched(batches: Iterable[_T], depth: int = 1) -> Iterator[_T]:
+    """Yields ``batches`` while a background thread already produces the next ``depth`` ones.
+
+    Image decoding (PIL releases the GIL) then overlaps the stage's model work when there are no DataLoader
+    workers; the order of the batches is kept.
+    """
+    source = iter(batches)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="samseg-prefetch") as pool:
+        pending = deque(pool.submit(next, source, _END) for _ in range(depth + 1))
+        while True:
+            batch = pending.popleft().result()
+            if batch is _END:
+                return
+            pending.append(pool.submit(next, source, _END))
+            yield batch
+
+
+def image_batches(
+    filepaths: Sequence[str], batch_size: int, num_workers: int = 0, pin_memory: bool | None = None
+) -> Iterator[list[np.ndarray | Exception]]:
+    """Yields the decoded RGB images of ``filepaths`` in batches (a file that cannot be read yields its error).
+
+    Args:
+        filepaths: image paths, in order.
+        batch_size: images per batch.
+        num_workers: DataLoader worker processes decoding images; 0 decodes in a background thread of this
+            process, one batch ahead.
+        pin_memory: decode into pinned (page-locked) host memory so host-to-GPU copies can be asynchronous;
+            None pins when CUDA is available.
+    """
+    if pin_memory is None:
+        pin_memory = torch.cuda.is_available()
+    loader = DataLoader(
+        _ImageFiles(filepaths, as_tensor=bool(pin_memory)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        shuffle=False,
+        pin_memory=bool(pin_memory),
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+    batches = (list(map(_as_array, batch)) for batch in loader)
+    return batches if num_workers > 0 else prefetched(batches)
 
 
 def error_field_for(label_field: str) -> str:
@@ -191,7 +272,8 @@ def process_with_fallback(process: ProcessFn, items: list[SampleItem]) -> list[S
 def describe_error(err: BaseException) -> str:
     """Returns a one-line readable error for a per-sample error field."""
     message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+    kind = getattr(err, "kind", None) or type(err).__name__
+    return f"{kind}: {message}" if message else kind
 
 
 def run_stage(
@@ -209,6 +291,7 @@ def run_stage(
     skip_failures: bool = True,
     progress: ProgressArg = None,
     max_image_side: int | None = None,
+    pin_memory: bool | None = None,
 ) -> RunSummary:
     """Runs ``process`` over ``samples`` in batches and writes its per-sample results in bulk.
 
@@ -221,12 +304,16 @@ def run_stage(
         input_fields: sample fields to read and hand to ``process`` in ``SampleItem.inputs``.
         load_images: whether to decode each sample's image (RGB uint8) in a DataLoader.
         batch_size: samples per ``process`` call and per bulk write.
-        num_workers: DataLoader workers decoding images (0 decodes in this process).
+        num_workers: DataLoader workers decoding images (0 decodes in a background thread of this process,
+            one batch ahead of the stage).
         skip_existing: skip samples whose primary output field is already set (how interrupted runs resume).
         overwrite: replace existing values; without it (and without ``skip_existing``) existing values raise.
         skip_failures: record a failing sample's error in ``<primary>_error`` and go on; else raise it.
         progress: True to print progress, a callable taking the fraction done, or None/False.
         max_image_side: passed to nothing here; stages downscale themselves (kept for a uniform signature).
+        pin_memory: decode images into pinned host memory (None: when CUDA is available); the arrays handed to
+            ``process`` are then views of pinned buffers, which ``torch.from_numpy(...).to(device,
+            non_blocking=True)`` copies asynchronously.
 
     Returns:
         a :class:`RunSummary`.
@@ -249,68 +336,145 @@ def run_stage(
 
     images: Iterator[list[Any]]
     if load_images and todo:
-        loader = DataLoader(
-            _ImageFiles([path for _, path in todo], None),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            shuffle=False,
-        )
-        images = iter(loader)
+        images = image_batches([path for _, path in todo], batch_size, num_workers, pin_memory)
     else:
         images = iter([[None] * len(chunk) for chunk in _chunks(todo, batch_size)])
 
     done = 0
-    for chunk in _chunks(todo, batch_size):
-        batch_images = next(images)
-        ids = [sid for sid, _ in chunk]
-        inputs = _read_inputs(samples, ids, input_fields)
-        items, results = [], [None] * len(chunk)
-        for i, ((sid, path), image) in enumerate(zip(chunk, batch_images)):
-            if isinstance(image, Exception):
-                results[i] = image
-            else:
-                items.append((i, SampleItem(sid, path, image, {f: inputs[f][sid] for f in input_fields})))
-        if items:
-            for (i, _), result in zip(items, process_with_fallback(process, [item for _, item in items])):
-                results[i] = result
+    try:
+        for chunk, batch_images in zip(_chunks(todo, batch_size), images):
+            ids = [sid for sid, _ in chunk]
+            inputs = _read_inputs(samples, ids, input_fields)
+            results = _process_batch(process, chunk, batch_images, inputs, input_fields)
+            writes, errors = _collect_writes(ids, results, output_fields, skip_failures)
+            has_error_field = _write_batch(
+                dataset, writes, errors, primary, error_field, has_error_field, skip_failures
+            )
 
-        writes: dict[str, dict[str, Any]] = {name: {} for name in output_fields}
-        errors: dict[str, str | None] = {}
-        for sid, result in zip(ids, results):
-            if isinstance(result, Exception):
-                if not skip_failures:
-                    raise result
-                errors[sid] = describe_error(result)
-                logger.debug("sample %s failed:\n%s", sid, "".join(traceback.format_exception(result)))
-                continue
-            errors[sid] = None
-            for name in output_fields:
-                if name in result:
-                    writes[name][sid] = result[name]
-            for name, value in result.items():
-                if name not in writes:
-                    writes[name] = {sid: value}
-                elif sid not in writes[name]:
-                    writes[name][sid] = value
-
-        secondary = [name for name in writes if name != primary]
-        for name in [*secondary, primary]:
-            if writes[name]:
-                dataset.set_values(name, writes[name], key_field="id")
-        if any(errors.values()) or has_error_field:
-            dataset.set_values(error_field, errors, key_field="id")
-            has_error_field = True
-
-        failed = {sid: msg for sid, msg in errors.items() if msg}
-        summary.errors.update(failed)
-        summary.failed += len(failed)
-        summary.processed += len(chunk) - len(failed)
-        done += len(chunk)
-        report(done)
+            failed = {sid: msg for sid, msg in errors.items() if msg}
+            summary.errors.update(failed)
+            summary.failed += len(failed)
+            summary.processed += len(chunk) - len(failed)
+            done += len(chunk)
+            report(done)
+    finally:
+        close = getattr(images, "close", None)
+        if close is not None:
+            close()  # stops the prefetch thread when a batch raised
 
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _process_batch(
+    process: ProcessFn,
+    chunk: Sequence[tuple[str, str]],
+    batch_images: Sequence[Any],
+    inputs: dict[str, dict[str, Any]],
+    input_fields: Sequence[str],
+) -> list[StageResult]:
+    """Returns one result per sample of ``chunk``: its image's load error, or what ``process`` made of it."""
+    results: list[StageResult] = [RuntimeError("not processed")] * len(chunk)
+    items: list[tuple[int, SampleItem]] = []
+    for i, ((sid, path), image) in enumerate(zip(chunk, batch_images)):
+        if isinstance(image, Exception):
+            results[i] = image
+        else:
+            items.append((i, SampleItem(sid, path, image, {f: inputs[f][sid] for f in input_fields})))
+    if items:
+        for (i, _), result in zip(items, process_with_fallback(process, [item for _, item in items])):
+            results[i] = result
+    return results
+
+
+def _collect_writes(
+    ids: Sequence[str], results: Sequence[StageResult], output_fields: Sequence[str], skip_failures: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
+    """Returns ``{field: {id: value}}`` to write and ``{id: error or None}``; raises a failure without
+    ``skip_failures``."""
+    writes: dict[str, dict[str, Any]] = {name: {} for name in output_fields}
+    errors: dict[str, str | None] = {}
+    for sid, result in zip(ids, results):
+        if isinstance(result, Exception):
+            if not skip_failures:
+                raise result
+            errors[sid] = describe_error(result)
+            logger.debug("sample %s failed:\n%s", sid, "".join(traceback.format_exception(result)))
+            continue
+        errors[sid] = None
+        for name, value in result.items():
+            writes.setdefault(name, {})[sid] = value
+    return writes, errors
+
+
+def _write_batch(
+    dataset: Any,
+    writes: dict[str, dict[str, Any]],
+    errors: dict[str, str | None],
+    primary: str,
+    error_field: str,
+    has_error_field: bool,
+    skip_failures: bool = True,
+) -> bool:
+    """Writes one batch in bulk, the primary field last; returns whether the error field now exists.
+
+    A sample whose value cannot be written (e.g. a mask over MongoDB's 16 MB document limit) gets that error in
+    ``errors`` and no primary value, so the others of the batch are still written.
+    """
+    for name, values in writes.items():
+        if name != primary and values:
+            _write_field(dataset, name, values, errors, skip_failures)
+    primary_values = {sid: value for sid, value in writes[primary].items() if not errors.get(sid)}
+    if any(errors.values()) or has_error_field:
+        dataset.set_values(error_field, errors, key_field="id")
+        has_error_field = True
+    # last: a run killed before this write leaves the batch unprocessed in skip_existing's eyes
+    if primary_values:
+        failed_before = {sid for sid, err in errors.items() if err}
+        _write_field(dataset, primary, primary_values, errors, skip_failures)
+        late = {sid: errors[sid] for sid, err in errors.items() if err and sid not in failed_before}
+        if late:
+            dataset.set_values(error_field, late, key_field="id")
+            has_error_field = True
+    return has_error_field
+
+
+class ResultWriteError(ValueError):
+    """A sample's result could not be stored in the database (the message says why and what to do)."""
+
+
+def _write_field(
+    dataset: Any, name: str, values: dict[str, Any], errors: dict[str, str | None], skip_failures: bool
+) -> None:
+    """Writes ``{id: value}`` in bulk; if that fails, writes one by one and records each failing sample's error."""
+    try:
+        dataset.set_values(name, values, key_field="id")
+        return
+    except Exception as err:
+        if not skip_failures:
+            raise
+        logger.warning(
+            "bulk write of '%s' failed (%s); writing its %d samples one by one", name, err, len(values)
+        )
+    for sid, value in values.items():
+        try:
+            dataset.set_values(name, {sid: value}, key_field="id")
+        except Exception as err:
+            errors[sid] = describe_error(_explain_write_error(name, err))
+
+
+def _explain_write_error(name: str, err: Exception) -> Exception:
+    message = str(err)
+    if (
+        "BSONObj size" in message
+        or "DocumentTooLarge" in type(err).__name__
+        or "too large" in message.lower()
+    ):
+        return ResultWriteError(
+            f"'{name}' is too large for one database document (MongoDB's 16 MB limit); store masks as files "
+            f"with mask_dir= (cause: {message.splitlines()[0][:200]})"
+        )
+    return ResultWriteError(f"cannot write '{name}': {type(err).__name__}: {message.splitlines()[0][:300]}")
 
 
 def _read_inputs(samples: Any, ids: Sequence[str], input_fields: Sequence[str]) -> dict[str, dict[str, Any]]:
