@@ -13,11 +13,13 @@ _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
 if importlib.util.find_spec("samseg_core") is None:
     sys.path.insert(0, _PLUGIN_DIR)
 
-from .operators import all_operators, all_panels  # noqa: E402
-
 
 def register(p):
     """Registers every samseg operator and panel with FiftyOne."""
+    # imported here, not at module level: FiftyOne loads this file as a package, but test collectors may import
+    # it as a plain module (the checkout's directory name need not be a valid package name)
+    from .operators import all_operators, all_panels
+
     for operator in all_operators():
         p.register(operator)
     for panel in all_panels():
