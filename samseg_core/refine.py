@@ -1,0 +1,421 @@
+"""SAM refinement of a semantic map from prompts made of it (Algorithm 1 of "Can SAM improve semantic
+segmentation?"), with a no-harm gate.
+
+Per image: prompt sets from the baseline (:mod:`samseg_core.prompts`) -> all of them through one batched
+``SamPredictor.predict_torch`` call (chunked only beyond ``max_prompts_per_call``) -> three multimask
+candidates each -> one candidate per prompt set, chosen by IoU with the baseline region (the study) or by
+SAM's predicted IoU -> the **no-harm gate**: the chosen candidate is accepted only when its IoU with the
+baseline region is at least ``gate`` (``gate=0`` accepts everything, as the study did) -> accepted masks
+painted into one map.
+
+Aggregation rules:
+
+- ``overlap="area"`` (default): accepted masks are painted in decreasing area order, so where two overlap the
+  smaller one wins (SSA's rule: a small object inside a large one survives). ``overlap="score"``: painted by
+  increasing predicted IoU, so the more confident mask wins. Ties keep prompt-set order (later wins).
+- ``fill="baseline"`` (default): the output starts from the baseline, so every pixel no accepted mask claims
+  keeps its baseline class, *including* baseline pixels of class c that c's accepted mask no longer covers:
+  SAM can move a pixel to another class only through another accepted mask. This is the conservative choice
+  that keeps quality (the study's losses came from pixels its masks dropped).
+- ``fill="background"``: the study's aggregation. The pixels of every accepted prompt set's baseline region
+  are released to ``background_id`` first, then accepted masks are painted; with ``gate=0`` every prompted
+  class is released, which is the study's "start from an empty map". Rejected regions and ignored classes keep
+  the baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+from segment_anything.utils.amg import calculate_stability_score
+
+from samseg_core.models.device import autocast_context
+from samseg_core.prompts import (
+    DEFAULT_MASK_LOGIT,
+    DEFAULT_MIN_REGION_AREA,
+    Granularity,
+    PromptSet,
+    prompt_sets_from_semantic,
+)
+
+__all__ = [
+    "PromptPredictor",
+    "RefinedRegions",
+    "RefinementResult",
+    "aggregate_masks",
+    "prompts_per_call",
+    "refine_prompt_sets",
+    "refine_semantic",
+]
+
+Selection = Literal["baseline_iou", "predicted_iou"]
+Fill = Literal["baseline", "background"]
+Overlap = Literal["area", "score"]
+
+#: SAM's mask threshold on logits and the offset its automatic mask generator uses for stability scores.
+MASK_THRESHOLD = 0.0
+STABILITY_OFFSET = 1.0
+DEFAULT_GATE = 0.5
+#: Upper bound on prompt sets per decoder call.
+MAX_PROMPTS_PER_CALL = 64
+#: float32 elements one decoder call's (B, 3, ...) logits may take at image and at encoder resolution
+#: (``predict_torch`` upsamples to both). CUDA: 2**27 (512 MB). CPU: 2**23 (32 MB): there the upsampling is
+#: memory-bound and larger blocks are fresh page-faulted allocations on every call, so big batches measured
+#: slower than small ones.
+LOGITS_BUDGET = {"cuda": 2**27, "cpu": 2**23}
+
+
+class PromptPredictor(Protocol):
+    """What refinement needs of a ``segment_anything.SamPredictor`` whose image is set.
+
+    ``transform`` maps original-frame coordinates to SAM's input frame (``ResizeLongestSide``; its
+    ``target_length`` is the encoder size); ``predict_torch`` is SamPredictor's batched prompt decoder.
+    """
+
+    transform: Any
+    original_size: tuple[int, int]
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device."""
+        ...
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (B, C, H, W) masks or logits, (B, C) predicted IoUs and (B, C, S, S) low-res logits."""
+        ...
+
+
+@dataclass
+class RefinedRegions:
+    """One entry per prompt set: its chosen SAM candidate and the scores that decided its fate.
+
+    Attributes:
+        class_ids: (N,) int64 class of each prompt set.
+        masks: (N, H, W) bool chosen candidate masks (accepted or not).
+        predicted_iou: (N,) float32 SAM's predicted IoU of the chosen candidate.
+        stability: (N,) float32 stability score of the chosen candidate (IoU of its masks thresholded at
+            +/- 1 around the logit threshold, as SAM's automatic mask generator computes it).
+        baseline_iou: (N,) float32 IoU of the chosen candidate with the prompt set's baseline region.
+        accepted: (N,) bool whether the candidate passed the gate (and was painted).
+        candidate: (N,) int64 index (0-2) of the chosen multimask candidate.
+        candidate_baseline_iou: (N, 3) float32 IoU of every candidate with the baseline region.
+        candidate_predicted_iou: (N, 3) float32 SAM's predicted IoU of every candidate.
+    """
+
+    class_ids: np.ndarray
+    masks: np.ndarray
+    predicted_iou: np.ndarray
+    stability: np.ndarray
+    baseline_iou: np.ndarray
+    accepted: np.ndarray
+    candidate: np.ndarray
+    candidate_baseline_iou: np.ndarray
+    candidate_predicted_iou: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.class_ids.size)
+
+    @classmethod
+    def empty(cls, shape: tuple[int, int]) -> RefinedRegions:
+        """Returns the regions of an image without prompt sets."""
+        f32 = np.zeros(0, dtype=np.float32)
+        return cls(
+            class_ids=np.zeros(0, dtype=np.int64),
+            masks=np.zeros((0, *shape), dtype=bool),
+            predicted_iou=f32,
+            stability=f32.copy(),
+            baseline_iou=f32.copy(),
+            accepted=np.zeros(0, dtype=bool),
+            candidate=np.zeros(0, dtype=np.int64),
+            candidate_baseline_iou=np.zeros((0, 3), dtype=np.float32),
+            candidate_predicted_iou=np.zeros((0, 3), dtype=np.float32),
+        )
+
+    def only_accepted(self) -> RefinedRegions:
+        """Returns the accepted entries only."""
+        keep = self.accepted
+        return RefinedRegions(**{name: value[keep] for name, value in vars(self).items()})
+
+
+@dataclass
+class RefinementResult:
+    """The refined (H, W) class map and, per prompt set, the chosen candidate and its scores."""
+
+    semantic: np.ndarray
+    regions: RefinedRegions
+
+
+def _stack_prompts(
+    predictor: PromptPredictor, prompt_sets: Sequence[PromptSet]
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Returns SAM-frame (points, labels, boxes, mask inputs) for all prompt sets; shorter point sets are
+    padded with label -1 (SAM's "not a point")."""
+    device = predictor.device
+    size = predictor.original_size
+    counts = [len(p.points) for p in prompt_sets]
+    points = labels = boxes = masks = None
+    if max(counts) > 0:
+        k = max(counts)
+        coords = np.zeros((len(prompt_sets), k, 2), dtype=np.float32)
+        point_labels = np.full((len(prompt_sets), k), -1, dtype=np.int64)
+        for i, p in enumerate(prompt_sets):
+            coords[i, : counts[i]] = p.points
+            point_labels[i, : counts[i]] = p.point_labels
+        points = predictor.transform.apply_coords_torch(torch.as_tensor(coords, device=device), size)
+        labels = torch.as_tensor(point_labels, device=device)
+    has_box = [p.box is not None for p in prompt_sets]
+    if any(has_box):
+        if not all(has_box):
+            raise ValueError("either every prompt set of an image has a box or none has")
+        stacked = torch.as_tensor(np.stack([p.box for p in prompt_sets]).astype(np.float32), device=device)
+        boxes = predictor.transform.apply_boxes_torch(stacked, size)
+    has_mask = [p.mask_input is not None for p in prompt_sets]
+    if any(has_mask):
+        if not all(has_mask):
+            raise ValueError("either every prompt set of an image has a mask input or none has")
+        masks = torch.as_tensor(
+            np.stack([p.mask_input for p in prompt_sets]).astype(np.float32), device=device
+        )
+        masks = masks[:, None]
+    if points is None and boxes is None and masks is None:
+        raise ValueError("prompt sets carry no prompt (no points, box or mask)")
+    return points, labels, boxes, masks
+
+
+def prompts_per_call(
+    image_hw: tuple[int, int], encoder_size: int, device: torch.device | str = "cuda"
+) -> int:
+    """Returns how many prompt sets one decoder call takes so that its three candidates' logits, at image and
+    at encoder resolution, stay within the device's :data:`LOGITS_BUDGET` (at least 1, at most
+    :data:`MAX_PROMPTS_PER_CALL`)."""
+    budget = LOGITS_BUDGET["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    per_prompt = 3 * (int(image_hw[0]) * int(image_hw[1]) + encoder_size * encoder_size)
+    return int(min(MAX_PROMPTS_PER_CALL, max(1, budget // per_prompt)))
+
+
+def _count(masks: torch.Tensor) -> torch.Tensor:
+    """Foreground pixels over the last dimension of a bool tensor, exactly (int32 accumulation over a uint8
+    view, several times faster on CPU than summing bools)."""
+    return masks.view(torch.uint8).sum(-1, dtype=torch.int32)
+
+
+def _iou_with_regions(candidates: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """(B, C) IoU of (B, C, H, W) bool candidates with (B, H, W) bool regions; 0 when both are empty."""
+    flat = candidates.flatten(2)
+    region = regions.flatten(1)[:, None, :]
+    inter = _count(flat & region)
+    union = _count(flat) + _count(region) - inter
+    return inter.float() / union.clamp(min=1).float()
+
+
+@torch.inference_mode()
+def refine_prompt_sets(
+    predictor: PromptPredictor,
+    baseline: np.ndarray,
+    prompt_sets: Sequence[PromptSet],
+    *,
+    selection: Selection = "baseline_iou",
+    gate: float = DEFAULT_GATE,
+    fill: Fill = "baseline",
+    overlap: Overlap = "area",
+    background_id: int = 0,
+    max_prompts_per_call: int | None = None,
+) -> RefinementResult:
+    """Refines ``baseline`` with SAM candidates for given prompt sets (custom prompts enter here).
+
+    Args:
+        predictor: a SamPredictor (image set) or anything with its ``predict_torch`` / ``transform``.
+        baseline: (H, W) integer class map the prompt sets were made from.
+        prompt_sets: the prompt sets; all of them go through one ``predict_torch`` call per
+            ``max_prompts_per_call`` sets.
+        selection: ``"baseline_iou"`` picks the candidate with the highest IoU with the baseline region (the
+            study); ``"predicted_iou"`` picks SAM's most confident candidate.
+        gate: minimum IoU of the chosen candidate with its baseline region to accept it; 0 accepts all.
+        fill: ``"baseline"`` or ``"background"`` (see the module docstring).
+        overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
+        background_id: the class released pixels get with ``fill="background"``.
+        max_prompts_per_call: prompt sets per decoder call; default: as many as fit the device's
+            :data:`LOGITS_BUDGET` (1024-pixel encoder on CUDA: about 40 for small images, 10 for 1500x2250;
+            on CPU 2 and 1), at most :data:`MAX_PROMPTS_PER_CALL`.
+    """
+    baseline = np.asarray(baseline)
+    if baseline.ndim != 2:
+        raise ValueError(f"expected an HxW class map, got shape {baseline.shape}")
+    if selection not in ("baseline_iou", "predicted_iou"):
+        raise ValueError(f"selection must be 'baseline_iou' or 'predicted_iou', got {selection!r}")
+    if not 0.0 <= gate <= 1.0:
+        raise ValueError(f"gate must lie in [0, 1], got {gate}")
+    if max_prompts_per_call is None:
+        encoder_size = int(predictor.transform.target_length)
+        max_prompts_per_call = prompts_per_call(baseline.shape, encoder_size, predictor.device)
+    if max_prompts_per_call < 1:
+        raise ValueError("max_prompts_per_call must be >= 1")
+    if fill not in ("baseline", "background"):
+        raise ValueError(f"fill must be 'baseline' or 'background', got {fill!r}")
+    if overlap not in ("area", "score"):
+        raise ValueError(f"overlap must be 'area' or 'score', got {overlap!r}")
+    shape = baseline.shape
+    if tuple(predictor.original_size) != tuple(shape):
+        raise ValueError(
+            f"the predictor's image is {tuple(predictor.original_size)}, the baseline is {shape}"
+        )
+    if not prompt_sets:
+        return RefinementResult(baseline.copy(), RefinedRegions.empty(shape))
+
+    device = predictor.device
+    points, labels, boxes, mask_inputs = _stack_prompts(predictor, prompt_sets)
+    regions = torch.as_tensor(np.stack([p.region_mask for p in prompt_sets]), device=device, dtype=torch.bool)
+    chosen_masks, chosen, pred_ious, base_ious, stabilities = [], [], [], [], []
+    for lo in range(0, len(prompt_sets), max_prompts_per_call):
+        hi = min(lo + max_prompts_per_call, len(prompt_sets))
+        with autocast_context(device):
+            logits, predicted, _ = predictor.predict_torch(
+                points[lo:hi] if points is not None else None,
+                labels[lo:hi] if labels is not None else None,
+                boxes=boxes[lo:hi] if boxes is not None else None,
+                mask_input=mask_inputs[lo:hi] if mask_inputs is not None else None,
+                multimask_output=True,
+                return_logits=True,
+            )
+        logits, predicted = logits.float(), predicted.float()
+        candidates = logits > MASK_THRESHOLD
+        ious = _iou_with_regions(candidates, regions[lo:hi])
+        pick = (ious if selection == "baseline_iou" else predicted).argmax(dim=1)  # first max on ties
+        rows = torch.arange(hi - lo, device=device)
+        stability = calculate_stability_score(logits[rows, pick], MASK_THRESHOLD, STABILITY_OFFSET)
+        chosen_masks.append(candidates[rows, pick])
+        chosen.append(pick)
+        pred_ious.append(predicted)
+        base_ious.append(ious)
+        stabilities.append(torch.nan_to_num(stability, nan=0.0))  # empty mask: 0 / 0
+        del logits, candidates
+
+    pick = torch.cat(chosen)
+    rows = torch.arange(pick.numel(), device=device)
+    masks = torch.cat(chosen_masks)
+    all_base, all_pred = torch.cat(base_ious), torch.cat(pred_ious)
+    base_iou, pred_iou = all_base[rows, pick], all_pred[rows, pick]
+    accepted = base_iou >= gate
+    class_ids = torch.as_tensor([p.class_id for p in prompt_sets], device=device, dtype=torch.int64)
+    start = torch.as_tensor(baseline.astype(np.int64), device=device)
+    if fill == "background":
+        released = (regions & accepted[:, None, None]).any(dim=0)
+        start = torch.where(released, torch.as_tensor(background_id, device=device), start)
+    semantic = aggregate_masks(
+        start, masks[accepted], class_ids[accepted], pred_iou[accepted], overlap=overlap
+    )
+
+    result = RefinedRegions(
+        class_ids=class_ids.cpu().numpy(),
+        masks=masks.cpu().numpy(),
+        predicted_iou=pred_iou.cpu().numpy().astype(np.float32),
+        stability=torch.cat(stabilities).cpu().numpy().astype(np.float32),
+        baseline_iou=base_iou.cpu().numpy().astype(np.float32),
+        accepted=accepted.cpu().numpy(),
+        candidate=pick.cpu().numpy(),
+        candidate_baseline_iou=all_base.cpu().numpy().astype(np.float32),
+        candidate_predicted_iou=all_pred.cpu().numpy().astype(np.float32),
+    )
+    return RefinementResult(semantic.cpu().numpy().astype(baseline.dtype, copy=False), result)
+
+
+def aggregate_masks(
+    start: torch.Tensor,
+    masks: torch.Tensor,
+    class_ids: torch.Tensor,
+    scores: torch.Tensor | None = None,
+    *,
+    overlap: Overlap = "area",
+) -> torch.Tensor:
+    """Returns ``start`` (H, W) with each of the (M, H, W) bool ``masks`` painted in its class, in one pass.
+
+    ``overlap="area"``: painted largest first, so the smallest covering mask wins a pixel; ``"score"``:
+    painted by increasing ``scores``, so the highest-scoring covering mask wins. Equal keys keep the given
+    order, the later mask winning.
+    """
+    if masks.shape[0] == 0:
+        return start.clone()
+    if overlap == "area":
+        key = -_count(masks.flatten(1)).to(torch.float64)
+    elif overlap == "score":
+        if scores is None:
+            raise ValueError("overlap='score' needs scores")
+        key = scores.to(torch.float64)
+    else:
+        raise ValueError(f"overlap must be 'area' or 'score', got {overlap!r}")
+    order = torch.sort(key, stable=True).indices  # painting order: the last covering mask wins
+    stacked = masks[order]
+    covered = stacked.any(dim=0)
+    last = stacked.shape[0] - 1 - stacked.flip(0).to(torch.uint8).argmax(dim=0)
+    painted = class_ids[order][last].to(start.dtype)
+    return torch.where(covered, painted, start)
+
+
+def refine_semantic(
+    predictor: PromptPredictor,
+    baseline: np.ndarray,
+    *,
+    prompts: str | Sequence[str] = ("points", "box"),
+    granularity: Granularity = "class",
+    selection: Selection = "baseline_iou",
+    gate: float = DEFAULT_GATE,
+    fill: Fill = "baseline",
+    overlap: Overlap = "area",
+    loose_margin: float = 0.2,
+    min_region_area: int = DEFAULT_MIN_REGION_AREA,
+    ignore_classes: Iterable[int] = (255,),
+    background_id: int = 0,
+    mask_logit: float = DEFAULT_MASK_LOGIT,
+    max_prompts_per_call: int | None = None,
+) -> RefinementResult:
+    """Refines a baseline class map with SAM prompted by the baseline itself (the study's Algorithm 1).
+
+    Args:
+        predictor: a ``SamPredictor`` whose image (or cached embedding) is set to this image.
+        baseline: (H, W) integer class map at the image's resolution.
+        prompts: prompt types (see :data:`samseg_core.prompts.PROMPT_TYPES`), e.g. ``("points", "box")``.
+        granularity: ``"class"`` (one prompt set per class, the study) or ``"region"`` (per connected region).
+        selection: ``"baseline_iou"`` (the study) or ``"predicted_iou"``.
+        gate: the no-harm gate, minimum IoU with the baseline region to accept a candidate (0 = the study).
+        fill: ``"baseline"`` (unclaimed pixels keep the baseline) or ``"background"`` (the study).
+        overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
+        loose_margin: per-side margin of the loose box as a fraction of the box size.
+        min_region_area: smallest region that gets its own point / prompt set.
+        ignore_classes: class ids never prompted (and never released).
+        background_id: class of released pixels with ``fill="background"``.
+        mask_logit: magnitude of the mask prompt's logits.
+        max_prompts_per_call: prompt sets per decoder call (default: what fits the :data:`LOGITS_BUDGET`).
+    """
+    prompt_sets = prompt_sets_from_semantic(
+        baseline,
+        prompts,
+        granularity,
+        loose_margin=loose_margin,
+        min_region_area=min_region_area,
+        ignore_classes=ignore_classes,
+        encoder_size=int(predictor.transform.target_length),
+        mask_logit=mask_logit,
+    )
+    return refine_prompt_sets(
+        predictor,
+        baseline,
+        prompt_sets,
+        selection=selection,
+        gate=gate,
+        fill=fill,
+        overlap=overlap,
+        background_id=background_id,
+        max_prompts_per_call=max_prompts_per_call,
+    )
