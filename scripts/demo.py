@@ -156,13 +156,16 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
     return steps
 
 
-def run_with_weights(dataset: Any, segformer: Any, checkpoint: Path, has_gt: bool) -> list[tuple[str, Any]]:
-    """Real models: SegFormer baseline, SAM refinement and SAM semantic voting sharing one embedding per image."""
+def run_with_weights(
+    dataset: Any, segformer: Any, sam: Any, has_gt: bool, **amg: Any
+) -> list[tuple[str, Any]]:
+    """Real models: SegFormer baseline, SAM refinement and SAM semantic voting sharing one embedding per image.
+
+    ``amg`` overrides the automatic mask generator's settings (tests use it to run tiny models quickly).
+    """
     import samseg_core as ss
-    from samseg_core.models.sam import load_sam
     from samseg_core.sam_embedding import EmbeddingCache
 
-    sam = load_sam("vit_b", checkpoint=checkpoint)
     cache = EmbeddingCache(sam)
     steps = [
         ("baseline (SegFormer-B0, ADE20K)", ss.run_baseline(dataset, model=segformer, label_field="baseline"))
@@ -186,6 +189,7 @@ def run_with_weights(dataset: Any, segformer: Any, checkpoint: Path, has_gt: boo
                 sam=sam,
                 cache=cache,
                 preset="fast",
+                **amg,
             ),
         )
     )
@@ -214,7 +218,16 @@ def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -
     print(f"\nsamseg demo — {path_taken}")
     print(f"dataset '{dataset.name}': {len(dataset)} samples on FiftyOne's database")
     for name, result in steps:
+        if hasattr(result, "sample_ids"):  # a relabeling queue
+            result = (
+                f"'{result.name}': {len(result.sample_ids)} samples queued (+{result.added} / -{result.removed}), "
+                f"{result.tagged_labels} labels tagged, saved views {result.views}"
+            )
         print(f"  {name}: {result}")
+    modes = ("missing", "incomplete", "overlapping")
+    for field in [f for f in dataset.get_field_schema() if f.endswith("_failures")]:
+        counts = {mode: int(dataset.sum(f"{field}_{mode}")) for mode in modes}
+        print(f"  failure modes in '{field}' (objects): {counts}")
     rows = [
         (key, dataset.mean(f"{key}_miou"))
         for key in sorted(dataset.list_runs() if hasattr(dataset, "list_runs") else [])
@@ -245,6 +258,10 @@ def main() -> None:
     parser.add_argument("--image-dir", default=os.path.expanduser("~/.cache/samseg/demo/images"))
     args = parser.parse_args()
 
+    import fiftyone as fo
+
+    fo.config.show_progress_bars = False
+
     is_online = False if args.offline else online()
     checkpoint, segformer, found = (
         (None, None, "skipped (--offline)") if args.offline else find_weights(is_online)
@@ -259,7 +276,9 @@ def main() -> None:
         path = "real models (SegFormer-B0 + SAM vit_b) on " + (
             "synthetic scenes" if has_gt else "quickstart images"
         )
-        steps = run_with_weights(dataset, segformer, checkpoint, has_gt)
+        from samseg_core.models.sam import load_sam
+
+        steps = run_with_weights(dataset, segformer, load_sam("vit_b", checkpoint=checkpoint), has_gt)
     else:
         synthetic_samples(dataset, Path(args.image_dir), args.images)
         path = "no weights reachable: synthetic scenes + a stored coarse prediction, weight-free stages"
