@@ -121,6 +121,8 @@ def detections_from_masks(
     n, height, width = masks.shape
     if len(labels) != n:
         raise ValueError(f"{n} masks but {len(labels)} labels")
+    if n == 0:
+        return fo.Detections(detections=[])
     boxes = masks_to_boxes_xyxy(masks)
     nonempty = masks.reshape(n, -1).any(axis=1)
     detections = []

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pymongo.errors import ConnectionFailure
 from torch.utils.data import DataLoader, Dataset
 
 from samseg_core.images import load_rgb
@@ -451,8 +452,8 @@ def _write_field(
         dataset.set_values(name, values, key_field="id")
         return
     except Exception as err:
-        if not skip_failures:
-            raise
+        if not skip_failures or isinstance(err, ConnectionFailure):
+            raise  # a lost database is no sample's fault
         logger.warning(
             "bulk write of '%s' failed (%s); writing its %d samples one by one", name, err, len(values)
         )
