@@ -296,3 +296,40 @@ def test_scene_evaluation_scores_degraded_prediction_below_ground_truth(dataset,
     coarse, perfect = dataset.values("ev_miou"), dataset.values("ev_ground_truth_miou")
     assert perfect == pytest.approx([1.0, 1.0])
     assert all(0.0 < c < 1.0 for c in coarse)
+
+
+def test_a_new_run_refuses_to_write_over_a_users_field_of_the_same_name(dataset):
+    import fiftyone as fo
+
+    from samseg_core.runner import FieldExistsError
+    from samseg_core.stages.evaluation import evaluate_iou
+
+    gt = np.array([[1, 1], [2, 2]], dtype=np.uint8)
+    dataset.add_sample(
+        fo.Sample(
+            filepath="/tmp/x.png", gt=fo.Segmentation(mask=gt), pred=fo.Segmentation(mask=gt), mine_miou=7.0
+        )
+    )
+
+    with pytest.raises(FieldExistsError, match="mine_miou"):
+        evaluate_iou(dataset, "pred", gt_field="gt", eval_key="mine")
+    assert dataset.first().mine_miou == 7.0
+    assert "mine" not in dataset.list_runs()
+
+
+def test_rerunning_an_existing_run_without_overwrite_says_how(dataset):
+    import fiftyone as fo
+
+    from samseg_core.runner import FieldExistsError
+    from samseg_core.stages.evaluation import evaluate_iou
+
+    gt = np.array([[1, 1], [2, 2]], dtype=np.uint8)
+    dataset.add_sample(
+        fo.Sample(filepath="/tmp/x.png", gt=fo.Segmentation(mask=gt), pred=fo.Segmentation(mask=gt))
+    )
+    evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again")
+
+    with pytest.raises(FieldExistsError, match="overwrite=True"):
+        evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again", overwrite=False)
+    evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again")  # the default replaces our own run
+    assert dataset.first().again_miou == 1.0

@@ -126,9 +126,28 @@ class SamsegRun(fors.Run):
             )
 
 
-def register_samseg_run(samples: Any, key: str, kind: str, *, overwrite: bool = True, **params: Any) -> None:
-    """Registers a samseg run of ``kind`` under ``key`` (an existing run of the same kind is replaced when
-    ``overwrite``: its fields are deleted first)."""
+def register_samseg_run(
+    samples: Any, key: str, kind: str, *, fields: Sequence[str], overwrite: bool = True, **params: Any
+) -> None:
+    """Registers a samseg run of ``kind`` under ``key``, which will write the sample ``fields``.
+
+    An existing run ``key`` of the same kind is replaced when ``overwrite`` (its fields are deleted first), else
+    refused. For a new key, values already in ``fields`` belong to no run of ours (the user's own fields) and
+    are refused whatever ``overwrite`` says: choose another key.
+    """
+    from samseg_core.runner import FieldExistsError, check_writable
+
+    if key in samples.list_runs():
+        if not overwrite:
+            raise FieldExistsError(
+                f"run '{key}' already exists; pass overwrite=True to replace it (its fields are deleted first) "
+                "or choose another key"
+            )
+    else:
+        try:
+            check_writable(samples, fields, skip_existing=False, overwrite=False)
+        except FieldExistsError as err:
+            raise FieldExistsError(f"{err} (they belong to no samseg run '{key}'; choose another key)") from None
     config = SamsegRunConfig(kind=kind, **params)
     samples.register_run(key, config, overwrite=overwrite, cleanup=True)
 

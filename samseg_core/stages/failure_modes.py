@@ -122,6 +122,7 @@ def detect_failures(
         samples,
         label_field,
         FAILURES,
+        fields=list(sample_fields.values()),
         overwrite=overwrite,
         pred_field=pred_field,
         gt_field=gt_field,
