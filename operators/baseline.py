@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.stages.baseline import DEFAULT_SEMANTIC_MODEL, run_baseline
@@ -32,23 +31,15 @@ def _baseline_inputs(ctx: Any, inputs: types.Object) -> None:
     common.add_run_inputs(inputs)
 
 
-class RunBaseline(foo.Operator):
+class RunBaseline(common.StageOperator):
     """Runs a transformers semantic segmenter and stores ``fo.Segmentation`` labels with mask targets."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "run_baseline", "run baseline segmentation", "Semantic segmentation with a transformers model"
-        )
+    NAME = "run_baseline"
+    LABEL = "run baseline segmentation"
+    DESCRIPTION = "Semantic segmentation with a transformers model"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        common.target_view(ctx)
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         _baseline_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="samseg: baseline segmentation"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
@@ -61,9 +52,6 @@ class RunBaseline(foo.Operator):
             **common.run_kwargs(ctx),
         )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,

@@ -26,6 +26,38 @@ def stage_config(name: str, label: str, description: str, *, dynamic: bool = Tru
     )
 
 
+class StageOperator(foo.Operator):
+    """Base of samseg's stage operators: immediate or delegated (by default for large views), a form with the
+    target-view selector plus the inputs :meth:`build_form` adds, and the run summary as output.
+
+    Subclasses set ``NAME``, ``LABEL`` and ``DESCRIPTION`` and implement ``build_form`` and ``execute``.
+    """
+
+    NAME = ""
+    LABEL = ""
+    DESCRIPTION = ""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return stage_config(self.NAME, self.LABEL, self.DESCRIPTION)
+
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
+        """Adds this stage's inputs to ``inputs``."""
+        raise NotImplementedError
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        target_view(ctx)  # opts the form into FiftyOne's target-view selector
+        self.build_form(ctx, inputs)
+        return types.Property(inputs, view=types.View(label=f"samseg: {self.LABEL}"))
+
+    def resolve_delegation(self, ctx: Any) -> bool | None:
+        return resolve_delegation(ctx)
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        return summary_outputs()
+
+
 def target_view(ctx: Any) -> Any:
     """Returns the collection the user targeted (dataset, current view or selected samples)."""
     return ctx.target_view()

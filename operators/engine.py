@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.engine import ENGINE_PRESETS
@@ -124,33 +123,23 @@ def engine_kwargs(params: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-class OpenVocabLabels(foo.Operator):
+class OpenVocabLabels(common.StageOperator):
     """Labels masks with open-vocabulary class names (close-set + BLIP nouns, CLIP top-k, CLIPSeg decision)."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "open_vocab_labels",
-            "open-vocabulary labels (SSA-engine)",
-            "Give every mask a class name: BLIP caption nouns and close-set proposals, CLIP top-k, CLIPSeg",
-        )
+    NAME = "open_vocab_labels"
+    LABEL = "open-vocabulary labels (SSA-engine)"
+    DESCRIPTION = (
+        "Give every mask a class name: BLIP caption nouns and close-set proposals, CLIP top-k, CLIPSeg"
+    )
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         _engine_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="samseg: open-vocabulary labels"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         summary = open_vocab_labels(
             common.target_view(ctx), **engine_kwargs(ctx.params), **common.run_kwargs(ctx)
         )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.failures import FailureThresholds
@@ -103,24 +102,15 @@ def _evaluate_inputs(ctx: Any, inputs: types.Object) -> None:
     _qa_run_inputs(inputs)
 
 
-class EvaluateIoU(foo.Operator):
+class EvaluateIoU(common.StageOperator):
     """Per-sample mIoU, accuracy, boundary IoU and per-class IoU, or agreement between two predictions."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "evaluate_iou",
-            "evaluate IoU",
-            "Per-sample IoU against ground truth, or agreement between two fields",
-        )
+    NAME = "evaluate_iou"
+    LABEL = "evaluate IoU"
+    DESCRIPTION = "Per-sample IoU against ground truth, or agreement between two fields"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         _evaluate_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="samseg: evaluate IoU"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
@@ -151,9 +141,6 @@ class EvaluateIoU(foo.Operator):
                 **_qa_run_kwargs(ctx),
             )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,
@@ -225,24 +212,15 @@ def _failure_inputs(ctx: Any, inputs: types.Object) -> None:
     _qa_run_inputs(inputs)
 
 
-class DetectFailures(foo.Operator):
+class DetectFailures(common.StageOperator):
     """Per ground-truth object: missing, incomplete, overlapping or ok, as Detections with masks."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "detect_failures",
-            "detect failure modes",
-            "Missing, incomplete and overlapping objects per sample",
-        )
+    NAME = "detect_failures"
+    LABEL = "detect failure modes"
+    DESCRIPTION = "Missing, incomplete and overlapping objects per sample"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         _failure_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="samseg: detect failure modes"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
@@ -267,9 +245,6 @@ class DetectFailures(foo.Operator):
             **_qa_run_kwargs(ctx),
         )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.prompts import PROMPT_TYPES
@@ -91,19 +90,14 @@ def _prompt_params(prompts: Sequence[str]) -> dict[str, bool]:
     return {f"prompt_{kind}": kind in prompts for kind in PROMPT_TYPES}
 
 
-class RefineWithSam(foo.Operator):
+class RefineWithSam(common.StageOperator):
     """Refines a semantic segmentation field with SAM prompted by its own classes (with a no-harm gate)."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "refine_with_sam",
-            "refine with SAM",
-            "Refine a semantic segmentation with SAM prompts from its classes",
-        )
+    NAME = "refine_with_sam"
+    LABEL = "refine with SAM"
+    DESCRIPTION = "Refine a semantic segmentation with SAM prompts from its classes"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         common.add_existing_field_input(
             ctx, inputs, "semantic_field", "Segmentation to refine", common.semantic_fields(ctx), "baseline"
         )
@@ -119,10 +113,6 @@ class RefineWithSam(foo.Operator):
             description="fo.Detections with predicted_iou, stability_score, baseline_iou",
         )
         common.add_run_inputs(inputs)
-        return types.Property(inputs, view=types.View(label="samseg: refine with SAM"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
@@ -141,9 +131,6 @@ class RefineWithSam(foo.Operator):
             **common.run_kwargs(ctx),
         )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,
@@ -232,19 +219,14 @@ def _study_outputs() -> types.Property:
     return types.Property(outputs, view=types.View(label="samseg prompt study"))
 
 
-class PromptStudy(foo.Operator):
+class PromptStudy(common.StageOperator):
     """Runs the workshop study's prompt configurations (Table 2) on a view and compares their mIoU."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "prompt_study",
-            "prompt study",
-            "Compare SAM prompt types against ground truth (the study's Table 2)",
-        )
+    NAME = "prompt_study"
+    LABEL = "prompt study"
+    DESCRIPTION = "Compare SAM prompt types against ground truth (the study's Table 2)"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         fields = common.semantic_fields(ctx)
         common.add_existing_field_input(
             ctx, inputs, "semantic_field", "Baseline segmentation", fields, "baseline"
@@ -264,10 +246,6 @@ class PromptStudy(foo.Operator):
             inputs.view("no_config", types.Warning(label="Choose at least one configuration"))
         common.add_sam_inputs(inputs, default=DEFAULT_SAM)
         common.add_run_inputs(inputs)
-        return types.Property(inputs, view=types.View(label="samseg: prompt study"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.mask_sources import SUPERPIXEL_METHODS
@@ -44,25 +43,15 @@ def _voting_inputs(ctx: Any, inputs: types.Object) -> None:
     common.add_run_inputs(inputs, batch_size=1)
 
 
-class SemanticVoting(foo.Operator):
+class SemanticVoting(common.StageOperator):
     """Gives each mask proposal the baseline's plurality class (SSA), writing a segmentation and mask detections."""
 
-    @property
-    def config(self) -> foo.OperatorConfig:
-        return common.stage_config(
-            "semantic_voting",
-            "semantic voting (SSA)",
-            "Label SAM's masks with a baseline's classes (SSA voting)",
-        )
+    NAME = "semantic_voting"
+    LABEL = "semantic voting (SSA)"
+    DESCRIPTION = "Label SAM's masks with a baseline's classes (SSA voting)"
 
-    def resolve_input(self, ctx: Any) -> types.Property:
-        inputs = types.Object()
-        common.target_view(ctx)
+    def build_form(self, ctx: Any, inputs: types.Object) -> None:
         _voting_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="samseg: semantic voting (SSA)"))
-
-    def resolve_delegation(self, ctx: Any) -> bool | None:
-        return common.resolve_delegation(ctx)
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         params = ctx.params
@@ -83,9 +72,6 @@ class SemanticVoting(foo.Operator):
             **common.run_kwargs(ctx),
         )
         return common.finish(ctx, summary)
-
-    def resolve_output(self, ctx: Any) -> types.Property:
-        return common.summary_outputs()
 
     def __call__(
         self,

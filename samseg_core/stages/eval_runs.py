@@ -147,7 +147,9 @@ def register_samseg_run(
         try:
             check_writable(samples, fields, skip_existing=False, overwrite=False)
         except FieldExistsError as err:
-            raise FieldExistsError(f"{err} (they belong to no samseg run '{key}'; choose another key)") from None
+            raise FieldExistsError(
+                f"{err} (they belong to no samseg run '{key}'; choose another key)"
+            ) from None
     config = SamsegRunConfig(kind=kind, **params)
     samples.register_run(key, config, overwrite=overwrite, cleanup=True)
 
