@@ -9,10 +9,13 @@ _req_hash="$(sha256sum "$SAMSEG_ROOT/requirements.txt" | cut -c1-12)"
 SAMSEG_VENV="${SAMSEG_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/samseg/venv-$_req_hash}"
 PYTHON_BIN="${SAMSEG_PYTHON:-python3}"
 
+mkdir -p "$(dirname "$SAMSEG_VENV")"
+# one builder at a time: a second caller (demo and tests started together) waits, then reuses the result
+exec 9>"$SAMSEG_VENV.lock"
+flock 9
 if [ ! -f "$SAMSEG_VENV/.samseg-ready" ]; then
     echo "samseg: creating virtual environment in $SAMSEG_VENV (first run takes a few minutes)" >&2
     rm -rf "$SAMSEG_VENV"
-    mkdir -p "$(dirname "$SAMSEG_VENV")"
     "$PYTHON_BIN" -m venv "$SAMSEG_VENV"
     "$SAMSEG_VENV/bin/python" -m pip install -q --upgrade pip
     # pip warns once per package about this machine's optional local index folders; keep real errors.
@@ -25,6 +28,8 @@ if [ ! -f "$SAMSEG_VENV/.samseg-ready" ]; then
     fi
     touch "$SAMSEG_VENV/.samseg-ready"
 fi
+flock -u 9
+exec 9>&-
 
 export PATH="$SAMSEG_VENV/bin:$PATH"
 export PYTHONPATH="$SAMSEG_ROOT${PYTHONPATH:+:$PYTHONPATH}"
