@@ -10,7 +10,7 @@ import fiftyone as fo
 import numpy as np
 from PIL import Image
 
-from samseg_core.masks import masks_to_boxes_xyxy
+from samseg_core.masks import masks_of_detections, masks_to_boxes_xyxy
 
 
 class MaskTargetConflict(ValueError):
@@ -142,34 +142,11 @@ def detections_from_masks(
 
 
 def masks_from_detections(detections: Any, height: int, width: int) -> tuple[np.ndarray, list[Any]]:
-    """Returns (N, H, W) bool full-image masks of the detections that carry instance masks, and those detections.
+    """Returns (N, H, W) bool full-image masks of the detections and those detections.
 
     Detections without a mask fill their bounding box (a box is the best mask such a label offers).
     """
-    dets = list(getattr(detections, "detections", None) or [])
-    out = np.zeros((len(dets), height, width), dtype=bool)
-    for i, det in enumerate(dets):
-        bx, by, bw, bh = det.bounding_box
-        x0, y0 = int(round(bx * width)), int(round(by * height))
-        x1, y1 = int(round((bx + bw) * width)), int(round((by + bh) * height))
-        x0, y0 = min(max(x0, 0), width), min(max(y0, 0), height)
-        x1, y1 = min(max(x1, x0), width), min(max(y1, y0), height)
-        mask = det.get_mask() if hasattr(det, "get_mask") else det.mask
-        if mask is None:
-            out[i, y0:y1, x0:x1] = True
-            continue
-        mask = np.asarray(mask).astype(bool)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        h, w = y1 - y0, x1 - x0
-        if h <= 0 or w <= 0:
-            continue
-        if mask.shape != (h, w):
-            rows = (np.arange(h) * mask.shape[0] // h).clip(0, mask.shape[0] - 1)
-            cols = (np.arange(w) * mask.shape[1] // w).clip(0, mask.shape[1] - 1)
-            mask = mask[rows][:, cols]
-        out[i, y0:y1, x0:x1] = mask
-    return out, dets
+    return masks_of_detections(detections, height, width), list(getattr(detections, "detections", None) or [])
 
 
 def to_python(value: Any) -> Any:

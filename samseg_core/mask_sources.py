@@ -18,6 +18,7 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 
+from samseg_core.masks import masks_of_detections
 from samseg_core.runner import SampleItem
 from samseg_core.sam_embedding import EmbeddingCache, ImageEmbedding
 
@@ -271,38 +272,6 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
-
-
-def masks_of_detections(detections: Any, height: int, width: int) -> np.ndarray:
-    """Returns ``(N, H, W)`` full-image masks of detections with relative boxes and box-sized masks.
-
-    Same placement as ``samseg_core.labels.masks_from_detections`` but without FiftyOne: a detection without a
-    mask fills its box; a mask of another size than its box is resized (nearest).
-    """
-    dets = list(getattr(detections, "detections", None) or [])
-    out = np.zeros((len(dets), height, width), dtype=bool)
-    for i, det in enumerate(dets):  # a Detections field holds box-sized crops: one paste per object
-        bx, by, bw, bh = det.bounding_box
-        x0, y0 = round(bx * width), round(by * height)
-        x1, y1 = round((bx + bw) * width), round((by + bh) * height)
-        x0, y0 = min(max(x0, 0), width), min(max(y0, 0), height)
-        x1, y1 = min(max(x1, x0), width), min(max(y1, y0), height)
-        mask = det.get_mask() if hasattr(det, "get_mask") else getattr(det, "mask", None)
-        if mask is None:
-            out[i, y0:y1, x0:x1] = True
-            continue
-        mask = np.asarray(mask).astype(bool)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        h, w = y1 - y0, x1 - x0
-        if h <= 0 or w <= 0:
-            continue
-        if mask.shape != (h, w):
-            rows = (np.arange(h) * mask.shape[0] // h).clip(0, mask.shape[0] - 1)
-            cols = (np.arange(w) * mask.shape[1] // w).clip(0, mask.shape[1] - 1)
-            mask = mask[rows][:, cols]
-        out[i, y0:y1, x0:x1] = mask
-    return out
 
 
 class DetectionsSource:

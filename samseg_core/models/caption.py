@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from samseg_core.models.device import autocast_context, resolve_device
+from samseg_core.models.pretrained import load_model_and_processor
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 
@@ -117,21 +117,11 @@ def load_captioner(
 
     if isinstance(model, Captioner):
         return model
-    if isinstance(model, tuple):
-        model, processor = model
-    if isinstance(model, (str, os.PathLike)):
-        name = os.fspath(model)
-        try:
-            built = BlipForConditionalGeneration.from_pretrained(name)
-            processor = processor or name
-        except OSError as err:
-            raise OSError(
-                f"cannot load BLIP captioner '{name}': {err}. Without internet, pass a local directory saved "
-                "with save_pretrained (model and processor)"
-            ) from err
-        model = built
-    if isinstance(processor, (str, os.PathLike)):
-        processor = BlipProcessor.from_pretrained(os.fspath(processor))
-    if processor is None:
-        raise ValueError("a built captioning model needs its processor (processor=...)")
+    model, processor = load_model_and_processor(
+        model,
+        processor,
+        model_class=BlipForConditionalGeneration,
+        processor_class=BlipProcessor,
+        what="BLIP captioner",
+    )
     return Captioner(model, processor, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens)

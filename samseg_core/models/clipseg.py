@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from samseg_core.models.device import autocast_context, resolve_device
+from samseg_core.models.pretrained import load_model_and_processor
 
 DEFAULT_CLIPSEG = "CIDAS/clipseg-rd64-refined"
 
@@ -152,21 +152,11 @@ def load_clipseg(
 
     if isinstance(model, ClipSegScorer):
         return model
-    if isinstance(model, tuple):
-        model, processor = model
-    if isinstance(model, (str, os.PathLike)):
-        name = os.fspath(model)
-        try:
-            built = CLIPSegForImageSegmentation.from_pretrained(name)
-            processor = processor or name
-        except OSError as err:
-            raise OSError(
-                f"cannot load CLIPSeg '{name}': {err}. Without internet, pass a local directory saved with "
-                "save_pretrained (model and processor)"
-            ) from err
-        model = built
-    if isinstance(processor, (str, os.PathLike)):
-        processor = CLIPSegProcessor.from_pretrained(os.fspath(processor))
-    if processor is None:
-        raise ValueError("a built CLIPSeg model needs its processor (processor=...)")
+    model, processor = load_model_and_processor(
+        model,
+        processor,
+        model_class=CLIPSegForImageSegmentation,
+        processor_class=CLIPSegProcessor,
+        what="CLIPSeg",
+    )
     return ClipSegScorer(model, processor, device=device, batch_size=batch_size)
