@@ -20,6 +20,7 @@ from samseg_core.models import (
     upsample_argmax,
 )
 from samseg_core.models import sam as sam_module
+from samseg_core.models.semantic import _upsample_argmax_reference
 from samseg_core.testing import (
     save_random_sam_checkpoint,
     save_tiny_mask2former,
@@ -236,6 +237,85 @@ def test_upsample_argmax_softmax_confidence_is_a_probability():
     full = F.interpolate(scores[None], (30, 30), mode="bilinear", align_corners=False)[0]
     _, conf = upsample_argmax(scores, (30, 30), return_confidence=True, confidence="softmax")
     torch.testing.assert_close(conf, full.softmax(0).max(0).values, rtol=1e-5, atol=1e-6)
+
+
+def _upsampled_per_class(scores, out, extent):
+    """The full ``(C, H, W)`` upsampled scores, one class at a time through the reference path."""
+    return torch.stack(
+        [
+            _upsample_argmax_reference(s[None], out, return_confidence=True, source_extent=extent)[1]
+            for s in scores
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "classes,low,out,extent,max_elements",
+    [
+        (150, (9, 13), (37, 51), None, 2**24),  # many classes, one tile
+        (150, (8, 8), (61, 45), None, 3 * 45 * 2),  # class chunks of 3, bands of 2 rows
+        (7, (7, 9), (50, 61), None, 2 * 61),  # non-integer scale, one class and one row per tile
+        (5, (12, 16), (53, 47), (10.4, 12.7), 4 * 47),  # fractional extent, chunks of 2 classes
+        (150, (12, 16), (41, 66), (11.5, 15.25), 2**24),  # fractional extent, one tile
+        (6, (40, 50), (17, 23), (37.3, 50.0), 5 * 23),  # downsampling: bands of 1 row read 3 source rows
+        (4, (10, 10), (7, 5), None, 1),  # max_elements below one row of one class: still one row at a time
+    ],
+)
+@pytest.mark.parametrize("mode", ["max", "softmax", "normalize"])
+def test_upsample_argmax_tiles_match_the_reference_row_bands(classes, low, out, extent, max_elements, mode):
+    generator = torch.Generator().manual_seed(classes + sum(out))
+    scores = torch.randn((classes, *low), generator=generator)
+    if mode == "normalize":
+        scores = scores.exp()
+    kwargs = {"return_confidence": True, "confidence": mode, "source_extent": extent}
+    labels, conf = upsample_argmax(scores, out, max_elements=max_elements, **kwargs)
+    ref_labels, ref_conf = _upsample_argmax_reference(scores, out, **kwargs)
+    top2 = _upsampled_per_class(scores, out, extent).topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) >= 1e-5
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels[clear], ref_labels[clear])
+    torch.testing.assert_close(conf, ref_conf, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_elements", [2**24, 2 * 40, 6 * 40])
+def test_upsample_argmax_exact_ties_go_to_the_lowest_class(max_elements):
+    scores = torch.randn((9, 5, 6), generator=torch.Generator().manual_seed(4))
+    scores[2] = scores[7] = scores.amax(dim=0) + 1.0  # classes 2 and 7 tie everywhere, in different chunks
+    scores[3] = scores[2] - 2.0
+    scores[3, 0] = scores[2, 0] + 1.0  # class 3 wins near the top ...
+    scores[4] = scores[3]  # ... tied everywhere with class 4
+    labels, _ = upsample_argmax(scores, (31, 40), max_elements=max_elements)
+    ref_labels, _ = _upsample_argmax_reference(scores, (31, 40))
+    assert torch.equal(labels, ref_labels)
+    assert set(labels.unique().tolist()) == {2, 3}
+    flat, _ = upsample_argmax(torch.zeros((5, 3, 3)), (10, 10), max_elements=2 * 10)
+    assert torch.equal(flat, torch.zeros((10, 10), dtype=torch.long))
+
+
+@pytest.mark.parametrize("max_elements", [3 * 40 * 2, 40 * 40])
+def test_upsample_argmax_never_builds_a_tensor_above_max_elements(max_elements):
+    sizes = []
+
+    class RecordSizes(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for value in result if isinstance(result, tuple) else (result,):
+                # Intermediates with a class dimension that are not views of the scores.
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.ndim == 3
+                    and value.data_ptr() != scores.data_ptr()
+                ):
+                    sizes.append(value.numel())
+            return result
+
+    scores = torch.randn((12, 10, 10), generator=torch.Generator().manual_seed(5))
+    with RecordSizes():
+        upsample_argmax(
+            scores, (40, 40), max_elements=max_elements, return_confidence=True, confidence="softmax"
+        )
+    assert sizes and max(sizes) <= max_elements
+    assert max(sizes) > max_elements // 2  # the tiles do use the budget
 
 
 # ---- semantic segmenters -----------------------------------------------------------------------------------
