@@ -291,7 +291,6 @@ def run_stage(
     overwrite: bool = False,
     skip_failures: bool = True,
     progress: ProgressArg = None,
-    max_image_side: int | None = None,
     pin_memory: bool | None = None,
 ) -> RunSummary:
     """Runs ``process`` over ``samples`` in batches and writes its per-sample results in bulk.
@@ -311,7 +310,6 @@ def run_stage(
         overwrite: replace existing values; without it (and without ``skip_existing``) existing values raise.
         skip_failures: record a failing sample's error in ``<primary>_error`` and go on; else raise it.
         progress: True to print progress, a callable taking the fraction done, or None/False.
-        max_image_side: passed to nothing here; stages downscale themselves (kept for a uniform signature).
         pin_memory: decode images into pinned host memory (None: when CUDA is available); the arrays handed to
             ``process`` are then views of pinned buffers, which ``torch.from_numpy(...).to(device,
             non_blocking=True)`` copies asynchronously.
@@ -319,7 +317,6 @@ def run_stage(
     Returns:
         a :class:`RunSummary`.
     """
-    del max_image_side
     if not output_fields:
         raise ValueError("run_stage needs at least one output field")
     started = time.monotonic()
