@@ -16,7 +16,8 @@ import json
 import os
 import pathlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -51,6 +52,22 @@ def _files_dir(directory: str | os.PathLike | None) -> Iterator[pathlib.Path]:
 def _default_dir(name: str) -> pathlib.Path:
     root = os.environ.get("SAMSEG_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "samseg-cache")
     return pathlib.Path(root) / "tiny_engine_models" / name
+
+
+def _saved_once(name: str, save: Callable[[pathlib.Path], Any], marker: str) -> str:
+    """Saves a tiny model with ``save(directory)`` under ``$SAMSEG_CACHE_DIR`` unless ``marker`` is already
+    there, and returns the directory (what the zero-argument ``tiny_*_dir`` spec targets return)."""
+    directory = _default_dir(name)
+    if not (directory / marker).exists():
+        save(directory)
+    return str(directory)
+
+
+def _save_pair(directory: pathlib.Path, model: Any, processor: Any) -> pathlib.Path:
+    """Writes a transformers model and its processor with ``save_pretrained`` into ``directory``."""
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
 
 
 # ---------------------------------------------------------------- CLIP (open_clip)
@@ -97,10 +114,7 @@ def save_tiny_clip(directory: str | os.PathLike, seed: int = 0) -> pathlib.Path:
 
 def tiny_clip_dir() -> str:
     """Saves the tiny CLIP under ``$SAMSEG_CACHE_DIR`` (once) and returns the directory (a spec target)."""
-    directory = _default_dir("clip")
-    if not (directory / "open_clip_pytorch_model.bin").exists():
-        save_tiny_clip(directory)
-    return str(directory)
+    return _saved_once("clip", save_tiny_clip, "open_clip_pytorch_model.bin")
 
 
 # ---------------------------------------------------------------- BLIP captioner
@@ -181,18 +195,12 @@ def tiny_captioner(seed: int = 0):
 def save_tiny_blip(directory: str | os.PathLike, seed: int = 0) -> pathlib.Path:
     """Saves the tiny BLIP model and processor with ``save_pretrained`` into ``directory`` and returns it."""
     directory = pathlib.Path(directory)
-    model, processor = tiny_blip(seed, directory / "vocab")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return _save_pair(directory, *tiny_blip(seed, directory / "vocab"))
 
 
 def tiny_blip_dir() -> str:
     """Saves the tiny BLIP under ``$SAMSEG_CACHE_DIR`` (once) and returns the directory (a spec target)."""
-    directory = _default_dir("blip")
-    if not (directory / "config.json").exists():
-        save_tiny_blip(directory)
-    return str(directory)
+    return _saved_once("blip", save_tiny_blip, "config.json")
 
 
 # ---------------------------------------------------------------- CLIPSeg
@@ -285,15 +293,9 @@ def tiny_clipseg_scorer(seed: int = 0):
 def save_tiny_clipseg(directory: str | os.PathLike, seed: int = 0) -> pathlib.Path:
     """Saves the tiny CLIPSeg model and processor with ``save_pretrained`` into ``directory`` and returns it."""
     directory = pathlib.Path(directory)
-    model, processor = tiny_clipseg(seed, directory / "bpe")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory
+    return _save_pair(directory, *tiny_clipseg(seed, directory / "bpe"))
 
 
 def tiny_clipseg_dir() -> str:
     """Saves the tiny CLIPSeg under ``$SAMSEG_CACHE_DIR`` (once) and returns the directory (a spec target)."""
-    directory = _default_dir("clipseg")
-    if not (directory / "config.json").exists():
-        save_tiny_clipseg(directory)
-    return str(directory)
+    return _saved_once("clipseg", save_tiny_clipseg, "config.json")
