@@ -13,7 +13,7 @@ import pkgutil
 def _collect(attr: str) -> list[type]:
     found: list[type] = []
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_") or info.name == "common":
+        if info.name.startswith("_") or info.name in ("forms", "stage_operator"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         found.extend(getattr(module, attr, []))

@@ -1,5 +1,5 @@
 """The samseg QA panel: mIoU per field before/after, failure counts, per-class IoU chart, worst samples, and
-buttons that open the relabel queues' saved views. All data comes from :func:`samseg_core.qa_summary.qa_summary`.
+buttons that open the relabel queues' saved views. All data comes from :func:`samseg_core.stages.qa_summary.qa_summary`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from samseg_core.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
+from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
 
 
 def _event_param(ctx: Any, name: str) -> Any:

@@ -20,8 +20,6 @@ from fiftyone.operators.executor import ExecutionContext
 
 from samseg_core.sharding import shard_views, sum_shard_summaries
 
-from . import common
-
 PLUGIN = "@samseg/samseg"
 #: Stage operators that process samples independently, so a shard is a valid unit of work.
 SHARDABLE_STAGES = (
@@ -160,7 +158,10 @@ class ShardRun(foo.Operator):
     def resolve_input(self, ctx: Any) -> types.Property:
         inputs = types.Object()
         choices = _stage_choices() or list(SHARDABLE_STAGES)
-        common.add_choice_input(inputs, "stage", "Stage", choices, choices[0])
+        dropdown = types.Dropdown(label="Stage")
+        for choice in choices:
+            dropdown.add_choice(choice, label=choice)
+        inputs.enum("stage", dropdown.values(), default=choices[0], label="Stage", view=dropdown)
         inputs.int(
             "num_shards",
             label="Number of shards",

@@ -20,10 +20,10 @@ _SDK = {
     "evaluate_iou": "samseg_core.stages.evaluation",
     "agreement_iou": "samseg_core.stages.evaluation",
     "detect_failures": "samseg_core.stages.failure_modes",
-    "build_relabel_queue": "samseg_core.curation",
-    "load_relabel_results": "samseg_core.curation",
-    "delete_relabel_queue": "samseg_core.curation",
-    "qa_summary": "samseg_core.qa_summary",
+    "build_relabel_queue": "samseg_core.stages.curation",
+    "load_relabel_results": "samseg_core.stages.curation",
+    "delete_relabel_queue": "samseg_core.stages.curation",
+    "qa_summary": "samseg_core.stages.qa_summary",
     "RunSummary": "samseg_core.runner",
 }
 

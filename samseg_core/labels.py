@@ -1,4 +1,4 @@
-"""Conversion between numpy masks and FiftyOne labels, and dataset mask-target bookkeeping."""
+"""Conversion between numpy masks and FiftyOne labels (mask-target bookkeeping: :mod:`samseg_core.mask_targets`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,24 @@ from typing import Any
 
 import fiftyone as fo
 import numpy as np
-from PIL import Image
 
+from samseg_core.mask_files import write_png
 from samseg_core.masks import masks_of_detections, masks_to_boxes_xyxy
 
 
 class MaskTargetConflict(ValueError):
     """Raised when new mask targets would rename an existing class id."""
+
+
+def compact_class_map(mask: np.ndarray) -> np.ndarray:
+    """Returns an HxW class-id map as contiguous uint8 (ids below 256) or uint16; raises for other shapes/ids."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected an HxW class map, got shape {mask.shape}")
+    if mask.size and (mask.min() < 0 or mask.max() > np.iinfo(np.uint16).max):
+        raise ValueError("class ids must lie in [0, 65535]")
+    dtype = np.uint8 if (not mask.size or mask.max() < 256) else np.uint16
+    return np.ascontiguousarray(mask, dtype=dtype)
 
 
 def segmentation_from_array(
@@ -24,26 +35,18 @@ def segmentation_from_array(
 
     Args:
         mask: HxW integer class ids (values must fit in uint16).
-        mask_dir: when given, the mask is written as ``<mask_dir>/<name>.png`` and referenced by ``mask_path``
-            (what large datasets want: the database stays small).
+        mask_dir: when given, the mask is written as ``<mask_dir>/<name>.png`` (atomically, through a uniquely
+            named temporary file) and referenced by ``mask_path``. Stages write through
+            :meth:`samseg_core.stages.plan.StagePlan.segmentation`, which adds the field's subdirectory.
         name: the PNG's file stem (e.g. the sample id); required with ``mask_dir``.
     """
-    if mask.ndim != 2:
-        raise ValueError(f"expected an HxW class map, got shape {mask.shape}")
-    if mask.size and (mask.min() < 0 or mask.max() > np.iinfo(np.uint16).max):
-        raise ValueError("class ids must lie in [0, 65535]")
-    dtype = np.uint8 if (not mask.size or mask.max() < 256) else np.uint16
-    compact = np.ascontiguousarray(mask, dtype=dtype)
+    compact = compact_class_map(mask)
     if mask_dir is None:
         return fo.Segmentation(mask=compact)
     if not name:
         raise ValueError("segmentation_from_array needs a name when writing to mask_dir")
-    os.makedirs(mask_dir, exist_ok=True)
     path = os.path.abspath(os.path.join(os.fspath(mask_dir), f"{name}.png"))
-    tmp = f"{path}.tmp.png"
-    Image.fromarray(compact).save(tmp)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written PNG behind
-    return fo.Segmentation(mask_path=path)
+    return fo.Segmentation(mask_path=write_png(path, compact))
 
 
 def read_segmentation(label: Any) -> np.ndarray | None:
@@ -71,33 +74,6 @@ def mask_targets_of(samples: Any, field_name: str) -> dict[int, str]:
     dataset = samples._dataset
     targets = dataset.mask_targets.get(field_name) or dataset.default_mask_targets or {}
     return {int(k): str(v) for k, v in targets.items() if str(k).isdigit()}
-
-
-def merge_mask_targets(
-    samples: Any, field_name: str, targets: Mapping[int, str], *, overwrite: bool = False
-) -> dict[int, str]:
-    """Adds ``targets`` to ``dataset.mask_targets[field_name]`` without dropping existing entries.
-
-    An id already mapped to a different name raises :class:`MaskTargetConflict` unless ``overwrite``.
-    Returns the merged targets (and saves the dataset when they changed).
-    """
-    dataset = samples._dataset
-    current = {int(k): v for k, v in (dataset.mask_targets.get(field_name) or {}).items()}
-    merged = dict(current)
-    for class_id, name in targets.items():
-        class_id = int(class_id)
-        if class_id in current and current[class_id] != name and not overwrite:
-            raise MaskTargetConflict(
-                f"mask_targets['{field_name}'][{class_id}] is '{current[class_id]}', not '{name}'; "
-                "pass overwrite=True to rename it"
-            )
-        merged[class_id] = str(name)
-    if merged != current:
-        mask_targets = dict(dataset.mask_targets)
-        mask_targets[field_name] = merged
-        dataset.mask_targets = mask_targets
-        dataset.save()
-    return merged
 
 
 def detections_from_masks(

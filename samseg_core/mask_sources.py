@@ -326,21 +326,35 @@ class SuperpixelSource:
 
     Args:
         method: ``"felzenszwalb"`` or ``"slic"``.
+        max_side: superpixels are computed on a copy whose longest side is at most this, and their labels
+            upsampled (nearest) to the image: the cost and memory of a 64-megapixel image stay those of a
+            few megapixels.
         **params: arguments of ``skimage.segmentation.felzenszwalb`` (default ``scale=200, sigma=0.8``,
             ``min_size`` = image area / 400) or ``slic`` (default ``n_segments=250, compactness=10``).
     """
 
     input_fields: tuple[str, ...] = ()
 
-    def __init__(self, method: str = "felzenszwalb", **params: Any) -> None:
+    def __init__(self, method: str = "felzenszwalb", *, max_side: int = 2048, **params: Any) -> None:
         if method not in SUPERPIXEL_METHODS:
             raise ValueError(f"unknown superpixel method {method!r}; choose one of {SUPERPIXEL_METHODS}")
+        if int(max_side) < 1:
+            raise ValueError(f"max_side must be positive, got {max_side}")
         self.method = method
         self.name = method
+        self.max_side = int(max_side)
         self.params = params
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        """Returns the ``(H, W)`` region ids ``0..n-1`` of ``image``."""
+        """Returns the ``(H, W)`` region ids ``0..n-1`` of ``image`` (computed at most ``max_side`` wide)."""
+        from samseg_core.images import downscale_longest_side
+        from samseg_core.masks import resize_mask_nearest
+
+        small, scale = downscale_longest_side(image, self.max_side)
+        regions = self._labels_at(small)
+        return regions if scale == 1.0 else resize_mask_nearest(regions, image.shape[:2])
+
+    def _labels_at(self, image: np.ndarray) -> np.ndarray:
         from skimage import segmentation
 
         height, width = image.shape[:2]

@@ -25,7 +25,13 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "MAX_CLASSES",
+    "ConfusionAccumulator",
     "DatasetIoUAccumulator",
+    "ImageScores",
+    "IoUOptions",
+    "class_iou_dict",
+    "score_masks",
     "SegmentationScores",
     "binary_boundary_iou",
     "boundary_iou",
@@ -42,6 +48,29 @@ def _label_map(name: str, values: np.ndarray) -> np.ndarray:
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
         raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
+
+
+#: Pixels per row band when a whole-image computation would need several copies of a large image.
+BAND_PIXELS = 1 << 22
+
+#: Class ids at or above this are not classes: in ground truth they are ignored, in a prediction they are wrong
+#: (a stray 65535 must not make a 65536 x 65536 confusion matrix).
+MAX_CLASSES = 4096
+
+
+def _integer_map(name: str, values: np.ndarray) -> np.ndarray:
+    """An integer (or bool) label map as it is, without a copy; float maps are refused."""
+    arr = np.asarray(values)
+    if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
+    return arr
+
+
+def row_bands(shape: tuple[int, ...], band_pixels: int = BAND_PIXELS) -> list[tuple[int, int]]:
+    """``[(row0, row1), ...]`` covering the rows of an HxW image in bands of about ``band_pixels`` pixels."""
+    height, width = int(shape[0]), max(int(shape[1]), 1)
+    rows = max(1, band_pixels // width)
+    return [(r, min(r + rows, height)) for r in range(0, height, rows)] or [(0, 0)]
 
 
 def confusion_and_missed(
@@ -235,35 +264,67 @@ def binary_boundary_iou(gt_mask: np.ndarray, pred_mask: np.ndarray, dilation_rat
 
 
 def boundary_iou(
-    gt: np.ndarray, pred: np.ndarray, dilation_ratio: float = 0.02, ignore_index: int | None = 255
+    gt: np.ndarray,
+    pred: np.ndarray,
+    dilation_ratio: float = 0.02,
+    ignore_index: int | None = 255,
+    band_pixels: int = BAND_PIXELS,
 ) -> float:
     """Mean over classes of the binary boundary IoU of two HxW label maps; nan when no class is present.
 
     A class counts when its gt or pred boundary has a non-ignored pixel (``ignore_index`` is never a class).
     Boundaries are taken from the full class masks; pixels whose gt is ``ignore_index`` are then left out of
     the intersection and union, so ignored regions neither create nor hide boundary.
+
+    The image is processed in row bands of about ``band_pixels`` pixels, each with ``width`` rows of context
+    above and below, so a 64-megapixel image needs tens of MB instead of several GB; the result is the same.
     """
-    gt_arr = _label_map("gt", gt)
-    pred_arr = _label_map("pred", pred)
+    gt_arr, pred_arr = _integer_map("gt", gt), _integer_map("pred", pred)
     if gt_arr.shape != pred_arr.shape or gt_arr.ndim != 2:
         raise ValueError(
             f"expected two HxW label maps of one shape, got gt {gt_arr.shape} vs pred {pred_arr.shape}"
         )
-    valid = gt_arr != ignore_index if ignore_index is not None else np.ones(gt_arr.shape, dtype=bool)
     width = _boundary_width(gt_arr.shape, dilation_ratio)
-    gt_edge = _label_boundary(gt_arr, width) & valid
-    pred_edge = _label_boundary(pred_arr, width) & valid
-    both = gt_edge & pred_edge & (gt_arr == pred_arr)
-    # Count boundary pixels per class in one pass: every pixel belongs to exactly one class of each map.
-    gt_ids, pred_ids, both_ids, labels = _compact_ids(gt_arr[gt_edge], pred_arr[pred_edge], gt_arr[both])
-    gt_count = np.bincount(gt_ids, minlength=labels.size)
-    pred_count = np.bincount(pred_ids, minlength=labels.size)
-    inter = np.bincount(both_ids, minlength=labels.size)
+    counts = np.zeros((3, 0), np.int64)  # gt edge, pred edge, both; per label
+    for r0, r1 in row_bands(gt_arr.shape, band_pixels):
+        c0, c1 = max(0, r0 - width), min(gt_arr.shape[0], r1 + width)
+        counts = _add_counts(
+            counts,
+            _band_boundary_counts(gt_arr[c0:c1], pred_arr[c0:c1], width, r0 - c0, r1 - c0, ignore_index),
+        )
+    gt_count, pred_count, inter = counts
+    labels = np.arange(counts.shape[1])
     union = gt_count + pred_count - inter
     keep = union > 0
     if ignore_index is not None:
         keep &= labels != ignore_index
     return float(np.mean(inter[keep] / union[keep])) if keep.any() else math.nan
+
+
+def _band_boundary_counts(
+    gt: np.ndarray, pred: np.ndarray, width: int, keep0: int, keep1: int, ignore_index: int | None
+) -> np.ndarray:
+    """Per-label boundary pixel counts (gt, pred, both) of rows ``keep0:keep1`` of a window with context."""
+    gt_w = gt.astype(np.int64, copy=False)
+    pred_w = pred.astype(np.int64, copy=False)
+    gt_edge = _label_boundary(gt_w, width)[keep0:keep1]
+    pred_edge = _label_boundary(pred_w, width)[keep0:keep1]
+    gt_b, pred_b = gt_w[keep0:keep1], pred_w[keep0:keep1]
+    if ignore_index is not None:
+        valid = gt_b != ignore_index
+        gt_edge &= valid
+        pred_edge &= valid
+    both = gt_edge & pred_edge & (gt_b == pred_b)
+    values = [v[v >= 0] for v in (gt_b[gt_edge], pred_b[pred_edge], gt_b[both])]  # negatives are no class
+    size = max((int(v.max()) + 1 for v in values if v.size), default=0)
+    return np.stack([np.bincount(v, minlength=size) for v in values]) if size else np.zeros((3, 0), np.int64)
+
+
+def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
+    size = max(total.shape[1], part.shape[1])
+    return np.pad(total, ((0, 0), (0, size - total.shape[1]))) + np.pad(
+        part, ((0, 0), (0, size - part.shape[1]))
+    )
 
 
 def _label_boundary(labels: np.ndarray, width: int) -> np.ndarray:
@@ -277,20 +338,6 @@ def _label_boundary(labels: np.ndarray, width: int) -> np.ndarray:
     low = ndimage.minimum_filter(labels, size=size, mode="constant", cval=outside)
     high = ndimage.maximum_filter(labels, size=size, mode="constant", cval=outside)
     return low != high
-
-
-def _compact_ids(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Map labels of several arrays to shared ids 0..k-1; return the mapped arrays, then the k labels."""
-    nonempty = [a for a in arrays if a.size]
-    if not nonempty:
-        return (*(np.zeros(0, dtype=np.int64) for _ in arrays), np.zeros(0, dtype=np.int64))
-    low = min(int(a.min()) for a in nonempty)
-    high = max(int(a.max()) for a in nonempty)
-    if high - low < 1 << 20:  # the usual case: a shift is enough and avoids sorting millions of pixels
-        return (*(a - low for a in arrays), np.arange(low, high + 1, dtype=np.int64))
-    labels, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
-    bounds = np.cumsum([a.size for a in arrays])[:-1]
-    return (*np.split(inverse.ravel(), bounds), labels)
 
 
 class DatasetIoUAccumulator:
@@ -350,3 +397,168 @@ class DatasetIoUAccumulator:
     def mean_of_images(self) -> float:
         """Mean of the per-image mIoUs, skipping images whose mIoU is nan; nan when none is left."""
         return _nanmean(np.asarray(self.image_mious, dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------ per-image IoU scoring
+
+
+@dataclass(frozen=True)
+class IoUOptions:
+    """How label maps are scored (see the module docstring for the conventions).
+
+    Attributes:
+        known_classes: class count known from mask targets (ids observed in the maps are added to it).
+        ignore_index: ground-truth id that is not scored; in a prediction it counts as wrong.
+        reduce_zero_label: mmseg's option (ground truth 0 ignored, other ids decremented).
+        classes: the subset mIoU averages over (None: all).
+        boundary: also compute boundary IoU.
+        dilation_ratio: boundary width as a share of the image diagonal.
+    """
+
+    known_classes: int = 0
+    ignore_index: int | None = 255
+    reduce_zero_label: bool = False
+    classes: tuple[int, ...] | None = None
+    boundary: bool = True
+    dilation_ratio: float = 0.02
+
+
+@dataclass
+class ImageScores:
+    """Scores of one prediction against one ground truth, with the confusion data to accumulate."""
+
+    confusion: np.ndarray
+    missed: np.ndarray
+    scores: SegmentationScores
+    boundary_iou: float
+
+
+def _observed_max(values: np.ndarray, ignore_index: int | None, band_pixels: int) -> int:
+    """The largest class id in a map below :data:`MAX_CLASSES` (``ignore_index`` excluded), -1 if none."""
+    largest = -1
+    for r0, r1 in row_bands(values.shape, band_pixels):
+        band = values[r0:r1]
+        keep = (band >= 0) & (band < MAX_CLASSES)
+        if ignore_index is not None:
+            keep &= band != ignore_index
+        if keep.any():
+            largest = max(largest, int(band[keep].max()))
+    return largest
+
+
+def score_masks(
+    gt: np.ndarray, pred: np.ndarray, options: IoUOptions, *, band_pixels: int = BAND_PIXELS
+) -> ImageScores:
+    """Scores one HxW prediction against its HxW ground truth, in row bands (bounded memory).
+
+    The number of classes is the largest of ``options.known_classes``, the ids observed in either map (below
+    :data:`MAX_CLASSES`) and the class subset, so an id no mask target names still counts. Raises ValueError
+    when the shapes differ.
+    """
+    gt, pred = _integer_map("gt", gt), _integer_map("pred", pred)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth mask {gt.shape} and prediction mask {pred.shape} differ in shape")
+    shift = 1 if options.reduce_zero_label else 0
+    num_classes = max(
+        options.known_classes,
+        _observed_max(gt, options.ignore_index, band_pixels) + 1 - shift,
+        _observed_max(pred, options.ignore_index, band_pixels) + 1,
+        max(options.classes, default=-1) + 1 if options.classes else 0,
+        1,
+    )
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    missed = np.zeros(num_classes, np.int64)
+    for r0, r1 in row_bands(gt.shape, band_pixels):
+        band_cm, band_missed = confusion_and_missed(
+            gt[r0:r1], pred[r0:r1], num_classes, options.ignore_index, options.reduce_zero_label
+        )
+        cm += band_cm
+        missed += band_missed
+    scores = scores_from_confusion(cm, missed, options.classes)
+    b_iou = (
+        _scored_boundary_iou(gt, pred, num_classes, options, band_pixels) if options.boundary else math.nan
+    )
+    return ImageScores(cm, missed, scores, b_iou)
+
+
+def _scored_boundary_iou(
+    gt: np.ndarray, pred: np.ndarray, num_classes: int, options: IoUOptions, band_pixels: int
+) -> float:
+    """Boundary IoU with the scoring conventions: ignored and out-of-range ground truth become -1 (ignored)."""
+    shift = 1 if options.reduce_zero_label else 0
+    reduced = np.empty(gt.shape, np.int32)
+    for r0, r1 in row_bands(gt.shape, band_pixels):
+        band = gt[r0:r1].astype(np.int64) - shift
+        ignored = (band < 0) | (band >= num_classes)
+        if options.ignore_index is not None:
+            ignored |= gt[r0:r1] == options.ignore_index
+        reduced[r0:r1] = np.where(ignored, -1, band)
+    return boundary_iou(reduced, pred, options.dilation_ratio, ignore_index=-1, band_pixels=band_pixels)
+
+
+def _safe_key(name: str) -> str:
+    """A class name usable as a MongoDB dict key (no dots, no leading $)."""
+    return str(name).replace(".", "_").lstrip("$") or "_"
+
+
+def class_iou_dict(scores: SegmentationScores, names: Mapping[int, str]) -> dict[str, float]:
+    """``{class name: IoU}`` of the classes present in ground truth or prediction (unnamed ids by number)."""
+    iou = scores.per_class_iou
+    return {_safe_key(names.get(i, str(i))): float(iou[i]) for i in np.flatnonzero(~np.isnan(iou))}
+
+
+class ConfusionAccumulator:
+    """Dataset totals of per-image :class:`ImageScores` whose confusion matrices grow with the classes seen.
+
+    The matrix never exceeds :data:`MAX_CLASSES` squared (ids above it are never classes, see
+    :func:`score_masks`). :meth:`summary` gives both reductions: ``summed`` (one confusion matrix over all
+    images, as mmseg and SSA report) and ``mean_of_images`` (the mean of per-image mIoUs).
+    """
+
+    def __init__(self, classes: tuple[int, ...] | None = None) -> None:
+        self.classes = classes
+        self.confusion = np.zeros((0, 0), dtype=np.int64)
+        self.missed = np.zeros(0, dtype=np.int64)
+        self.image_mious: list[float] = []
+        self.image_boundary: list[float] = []
+        self.missing_predictions = 0
+
+    def add(self, image: ImageScores) -> None:
+        """Adds one image's scores."""
+        n = max(self.confusion.shape[0], image.confusion.shape[0])
+        if n > MAX_CLASSES:
+            raise ValueError(f"{n} classes exceed MAX_CLASSES={MAX_CLASSES}")
+        self.confusion = _pad_square(self.confusion, n) + _pad_square(image.confusion, n)
+        self.missed = np.pad(self.missed, (0, n - self.missed.size)) + np.pad(
+            image.missed, (0, n - image.missed.size)
+        )
+        self.image_mious.append(image.scores.miou)
+        self.image_boundary.append(image.boundary_iou)
+
+    @property
+    def num_images(self) -> int:
+        """Number of images added."""
+        return len(self.image_mious)
+
+    def summed(self) -> SegmentationScores | None:
+        """Scores of the summed confusion matrix (None before the first image)."""
+        if not self.confusion.size:
+            return None
+        n = self.confusion.shape[0]
+        subset = None if self.classes is None else tuple(c for c in self.classes if c < n)
+        return scores_from_confusion(self.confusion, self.missed, subset)
+
+    def summary(self, names: Mapping[int, str]) -> dict[str, Any]:
+        """The summed (mmseg/SSA) and mean-of-images reductions as plain values."""
+        summed = self.summed()
+        return {
+            "num_images": self.num_images,
+            "missing_predictions": self.missing_predictions,
+            "mean_of_images": _plain(_nanmean(np.asarray(self.image_mious, np.float64))),
+            "boundary_iou_mean": _plain(_nanmean(np.asarray(self.image_boundary, np.float64))),
+            "summed": None if summed is None else summed.to_dict(dict(names)),
+        }
+
+
+def _pad_square(cm: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(cm, ((0, n - cm.shape[0]), (0, n - cm.shape[1])))

@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 ProgressArg = bool | Callable[[float], None] | None
 
 
-class FieldExistsError(ValueError):
-    """Raised when a stage would overwrite values the caller did not ask to overwrite."""
-
-
 @dataclass
 class SampleItem:
     """One sample handed to a stage: its id, file path, decoded RGB image and requested input fields."""
@@ -73,6 +69,11 @@ class RunSummary:
             "seconds": round(self.seconds, 3),
             **self.extra,
         }
+
+    def add_stats(self, sample_id: str, stats: Any) -> None:
+        """Adds one sample's numeric statistics to ``extra`` (the runner calls this once per written sample)."""
+        for key, value in dict(stats or {}).items():
+            self.extra[key] = self.extra.get(key, 0) + value
 
     def __str__(self) -> str:
         return (
@@ -184,43 +185,6 @@ def image_batches(
     return batches if num_workers > 0 else prefetched(batches)
 
 
-def error_field_for(label_field: str) -> str:
-    """Returns the per-sample error field name of a stage writing ``label_field``."""
-    return f"{label_field}_error"
-
-
-def ids_with_values(samples: Any, field_name: str) -> set[str]:
-    """Returns the ids of samples in ``samples`` whose ``field_name`` is set (empty if the field is absent)."""
-    if samples.get_field(field_name) is None:
-        return set()
-    return set(samples.exists(field_name).values("id"))
-
-
-def check_writable(
-    samples: Any, output_fields: Sequence[str], skip_existing: bool, overwrite: bool
-) -> set[str]:
-    """Returns the ids to skip; raises FieldExistsError when existing values would be clobbered.
-
-    With ``overwrite`` nothing is skipped; with ``skip_existing`` samples whose primary field is set are skipped
-    (secondary fields of those samples are left alone); otherwise any existing value is an error.
-    """
-    primary = output_fields[0]
-    existing = ids_with_values(samples, primary)
-    if overwrite:
-        return set()
-    if skip_existing:
-        return existing
-    clobbered = {name: len(ids_with_values(samples, name)) for name in output_fields}
-    clobbered = {name: n for name, n in clobbered.items() if n}
-    if clobbered:
-        detail = ", ".join(f"'{name}' ({n} samples)" for name, n in clobbered.items())
-        raise FieldExistsError(
-            f"{detail} already hold values. Pass overwrite=True to replace them, skip_existing=True to "
-            "process only samples without them, or choose another label_field."
-        )
-    return set()
-
-
 def _progress_reporter(progress: ProgressArg, total: int, stage: str) -> Callable[[int], None]:
     if callable(progress):
         return lambda done: progress(done / max(total, 1))
@@ -277,82 +241,77 @@ def describe_error(err: BaseException) -> str:
     return f"{kind}: {message}" if message else kind
 
 
+#: Key of a result dict that carries per-sample statistics instead of a field value (see :func:`run_stage`).
+STATS = "__stats__"
+
+ResultHook = Callable[[str, Any], None]
+
+
 def run_stage(
-    samples: Any,
+    plan: Any,
     *,
-    stage: str,
-    output_fields: Sequence[str],
     process: ProcessFn,
-    input_fields: Sequence[str] = (),
     load_images: bool = True,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    skip_failures: bool = True,
-    progress: ProgressArg = None,
+    on_result: ResultHook | None = None,
+    rescore_skipped: bool = False,
     pin_memory: bool | None = None,
 ) -> RunSummary:
-    """Runs ``process`` over ``samples`` in batches and writes its per-sample results in bulk.
+    """Runs ``process`` over the samples of a validated plan in batches and writes its results in bulk.
+
+    The plan (:class:`samseg_core.stages.plan.StagePlan`) names the samples, the inputs to read, the outputs
+    (primary first), the run options and what ``skip_existing`` skips; its first writes (run, typed fields,
+    mask targets) happen here, right before the first batch.
 
     Args:
-        samples: a FiftyOne dataset or view.
-        stage: the stage's name, for summaries and logs.
-        output_fields: fields ``process`` writes; the first is the primary one (``skip_existing`` looks at it).
+        plan: the stage's :class:`~samseg_core.stages.plan.StagePlan`.
         process: maps a batch of :class:`SampleItem` to one result per item: a dict ``{field: value}`` (a value
-            of ``None`` clears the field) or the exception that sample raised.
-        input_fields: sample fields to read and hand to ``process`` in ``SampleItem.inputs``.
+            of ``None`` clears the field; the key :data:`STATS` carries that sample's statistics) or the
+            exception that sample raised.
         load_images: whether to decode each sample's image (RGB uint8) in a DataLoader.
-        batch_size: samples per ``process`` call and per bulk write.
-        num_workers: DataLoader workers decoding images (0 decodes in a background thread of this process,
-            one batch ahead of the stage).
-        skip_existing: skip samples whose primary output field is already set (how interrupted runs resume).
-        overwrite: replace existing values; without it (and without ``skip_existing``) existing values raise.
-        skip_failures: record a failing sample's error in ``<primary>_error`` and go on; else raise it.
-        progress: True to print progress, a callable taking the fraction done, or None/False.
-        pin_memory: decode images into pinned host memory (None: when CUDA is available); the arrays handed to
-            ``process`` are then views of pinned buffers, which ``torch.from_numpy(...).to(device,
-            non_blocking=True)`` copies asynchronously.
+        on_result: called as ``on_result(sample_id, stats)`` once per sample whose result was written (or,
+            with ``rescore_skipped``, computed), so totals never count a sample twice when a batch is retried.
+            Without it, numeric stats are summed into ``summary.extra``.
+        rescore_skipped: process the samples ``skip_existing`` skips too, without writing their results (QA
+            stages: a resumed run's totals still cover every sample).
+        pin_memory: decode images into pinned host memory (None: when CUDA is available).
 
     Returns:
         a :class:`RunSummary`.
     """
-    if not output_fields:
-        raise ValueError("run_stage needs at least one output field")
     started = time.monotonic()
-    primary = output_fields[0]
-    summary = RunSummary(stage=stage, label_field=primary)
-    skip = check_writable(samples, output_fields, skip_existing, overwrite)
-
-    all_ids, all_paths = samples.values(["id", "filepath"])
-    todo = [(sid, path) for sid, path in zip(all_ids, all_paths) if sid not in skip]
-    summary.skipped = len(all_ids) - len(todo)
-    report = _progress_reporter(progress, len(todo), stage)
-    error_field = error_field_for(primary)
-    dataset = samples._dataset
-    has_error_field = dataset.get_field(error_field) is not None
+    run = plan.run
+    summary = RunSummary(stage=plan.stage, label_field=plan.primary)
+    all_ids, all_paths = plan.samples.values(["id", "filepath"])
+    skip = plan.skip_ids
+    todo = [(sid, path) for sid, path in zip(all_ids, all_paths) if rescore_skipped or sid not in skip]
+    summary.skipped = sum(sid in skip for sid in all_ids)
+    report = _progress_reporter(run.progress, len(todo), plan.stage)
+    collect = on_result or summary.add_stats
+    plan.prepare()
+    output_fields = [out.name for out in plan.outputs]
 
     images: Iterator[list[Any]]
     if load_images and todo:
-        images = image_batches([path for _, path in todo], batch_size, num_workers, pin_memory)
+        images = image_batches([path for _, path in todo], run.batch_size, run.num_workers, pin_memory)
     else:
-        images = iter([[None] * len(chunk) for chunk in _chunks(todo, batch_size)])
+        images = iter([[None] * len(chunk) for chunk in _chunks(todo, run.batch_size)])
 
     done = 0
     try:
-        for chunk, batch_images in zip(_chunks(todo, batch_size), images):
+        for chunk, batch_images in zip(_chunks(todo, run.batch_size), images):
             ids = [sid for sid, _ in chunk]
-            inputs = _read_inputs(samples, ids, input_fields)
-            results = _process_batch(process, chunk, batch_images, inputs, input_fields)
-            writes, errors = _collect_writes(ids, results, output_fields, skip_failures)
-            has_error_field = _write_batch(
-                dataset, writes, errors, primary, error_field, has_error_field, skip_failures
-            )
-
-            failed = {sid: msg for sid, msg in errors.items() if msg}
+            inputs = _read_inputs(plan.samples, ids, plan.inputs)
+            results = _process_batch(process, chunk, batch_images, inputs, plan.inputs)
+            stats = {sid: r.pop(STATS) for sid, r in zip(ids, results) if isinstance(r, dict) and STATS in r}
+            writes, errors = _collect_writes(ids, results, output_fields, run.skip_failures, skip)
+            _write_batch(plan, writes, errors, run.skip_failures)
+            for sid in ids:
+                if sid in stats and not errors.get(sid):
+                    collect(sid, stats[sid])
+            failed = {sid: msg for sid, msg in errors.items() if msg and sid not in skip}
             summary.errors.update(failed)
             summary.failed += len(failed)
-            summary.processed += len(chunk) - len(failed)
+            summary.processed += sum(sid not in skip for sid in ids) - len(failed)
             done += len(chunk)
             report(done)
     finally:
@@ -386,13 +345,19 @@ def _process_batch(
 
 
 def _collect_writes(
-    ids: Sequence[str], results: Sequence[StageResult], output_fields: Sequence[str], skip_failures: bool
+    ids: Sequence[str],
+    results: Sequence[StageResult],
+    output_fields: Sequence[str],
+    skip_failures: bool,
+    unwritten: set[str] = frozenset(),
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str | None]]:
     """Returns ``{field: {id: value}}`` to write and ``{id: error or None}``; raises a failure without
-    ``skip_failures``."""
+    ``skip_failures``. Samples in ``unwritten`` (rescored, not reprocessed) get neither values nor errors."""
     writes: dict[str, dict[str, Any]] = {name: {} for name in output_fields}
     errors: dict[str, str | None] = {}
     for sid, result in zip(ids, results):
+        if sid in unwritten:
+            continue
         if isinstance(result, Exception):
             if not skip_failures:
                 raise result
@@ -401,40 +366,41 @@ def _collect_writes(
             continue
         errors[sid] = None
         for name, value in result.items():
-            writes.setdefault(name, {})[sid] = value
+            if name not in writes:
+                raise RuntimeError(
+                    f"the stage returned '{name}', which is not one of its outputs {output_fields}"
+                )
+            writes[name][sid] = value
     return writes, errors
 
 
 def _write_batch(
-    dataset: Any,
-    writes: dict[str, dict[str, Any]],
-    errors: dict[str, str | None],
-    primary: str,
-    error_field: str,
-    has_error_field: bool,
-    skip_failures: bool = True,
-) -> bool:
-    """Writes one batch in bulk, the primary field last; returns whether the error field now exists.
+    plan: Any, writes: dict[str, dict[str, Any]], errors: dict[str, str | None], skip_failures: bool = True
+) -> None:
+    """Writes one batch in bulk, the primary field last; the error field (created with the first error)
+    records each processed sample's error, or None.
 
     A sample whose value cannot be written (e.g. a mask over MongoDB's 16 MB document limit) gets that error in
     ``errors`` and no primary value, so the others of the batch are still written.
     """
+    dataset, primary, error_field = plan.dataset, plan.primary, plan.error_field
     for name, values in writes.items():
         if name != primary and values:
             _write_field(dataset, name, values, errors, skip_failures)
     primary_values = {sid: value for sid, value in writes[primary].items() if not errors.get(sid)}
-    if any(errors.values()) or has_error_field:
-        dataset.set_values(error_field, errors, key_field="id")
-        has_error_field = True
+    processed = {sid: err for sid, err in errors.items() if sid in writes[primary] or err}
+    if any(processed.values()):
+        plan.declare_error_field()
+    if processed and dataset.get_field(error_field) is not None:
+        dataset.set_values(error_field, processed, key_field="id")
     # last: a run killed before this write leaves the batch unprocessed in skip_existing's eyes
     if primary_values:
         failed_before = {sid for sid, err in errors.items() if err}
         _write_field(dataset, primary, primary_values, errors, skip_failures)
         late = {sid: errors[sid] for sid, err in errors.items() if err and sid not in failed_before}
         if late:
+            plan.declare_error_field()
             dataset.set_values(error_field, late, key_field="id")
-            has_error_field = True
-    return has_error_field
 
 
 class ResultWriteError(ValueError):

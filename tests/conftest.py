@@ -1,5 +1,9 @@
 """Test isolation: FiftyOne gets its own database, config, model zoo and plugins dir (with this repo as the
-plugin), and no network. These variables must be set before anything imports fiftyone."""
+plugin), and no network. These variables must be set before anything imports fiftyone.
+
+The database is a private ``mongod`` this session starts on a free port (``FIFTYONE_DATABASE_URI``): FiftyOne's
+bundled service would attach to any service already running on this machine (a user's App, another test
+session), whatever ``FIFTYONE_DATABASE_DIR`` says."""
 
 from __future__ import annotations
 
@@ -19,6 +23,13 @@ _PLUGINS.mkdir()
 (_PLUGINS / "samseg").symlink_to(REPO_ROOT, target_is_directory=True)
 
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", str(_SANDBOX / "db"))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _mongod import StandaloneMongod  # noqa: E402
+
+_DATABASE = StandaloneMongod().start()
+os.environ["FIFTYONE_DATABASE_URI"] = _DATABASE.uri
+os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
 os.environ["FIFTYONE_CONFIG_DIR"] = str(_SANDBOX / "config")
 os.environ["FIFTYONE_PLUGINS_DIR"] = str(_PLUGINS)
 os.environ["FIFTYONE_MODEL_ZOO_DIR"] = str(_SANDBOX / "zoo")
@@ -35,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:
 
 @atexit.register
 def _remove_sandbox() -> None:
+    _DATABASE.stop()
     shutil.rmtree(_SANDBOX, ignore_errors=True)
 
 

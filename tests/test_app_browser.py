@@ -202,7 +202,7 @@ def test_operator_browser_lists_samseg_and_runs_evaluation_from_its_form(
 
 
 def test_qa_panel_shows_evaluation_and_opens_queue_view(page, app_url, app_dataset, tmp_path):
-    from samseg_core.curation import build_relabel_queue
+    from samseg_core.stages.curation import build_relabel_queue
     from samseg_core.stages.evaluation import evaluate_iou
 
     evaluate_iou(app_dataset, "baseline", "ground_truth", eval_key="panel_iou")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg_core.curation import (
+from samseg_core.stages.curation import (
     build_relabel_queue,
     delete_relabel_queue,
     load_relabel_results,

@@ -262,7 +262,7 @@ def _evaluated(curated):
 
 
 def test_relabel_queue_only_adds_its_own_tags_and_views(curated):
-    from samseg_core.curation import build_relabel_queue
+    from samseg_core.stages.curation import build_relabel_queue
 
     dataset = _evaluated(curated)
     before = snapshot(dataset)
@@ -294,7 +294,7 @@ def _without_label_tags(value):
 
 
 def test_relabel_queue_refuses_a_tag_it_did_not_create(curated):
-    from samseg_core.curation import build_relabel_queue
+    from samseg_core.stages.curation import build_relabel_queue
 
     dataset = _evaluated(curated)
     dataset.take(1, seed=1).tag_samples("relabel")  # the user's own tag of that name

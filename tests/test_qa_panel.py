@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samseg_core.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
+from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
 
 
 @pytest.fixture
@@ -13,7 +13,7 @@ def evaluated(dataset, tmp_path):
     """2 samples; 'pred' misses the dog in sample 1, 'better' is perfect; evaluated, failure-checked, queued."""
     import fiftyone as fo
 
-    from samseg_core.curation import build_relabel_queue
+    from samseg_core.stages.curation import build_relabel_queue
     from samseg_core.stages.evaluation import detect_failures, evaluate_iou
 
     gt = np.zeros((20, 40), np.uint8)

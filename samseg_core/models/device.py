@@ -32,3 +32,37 @@ def autocast_context(device: torch.device, enabled: bool = True) -> contextlib.A
     if enabled and torch.device(device).type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """Returns the device a stage will run on; raises a StageParameterError when it does not exist here.
+
+    ``None`` is CUDA when available, else the CPU. ``"cuda"`` without a usable GPU, ``"cuda:3"`` on a machine
+    with fewer GPUs, an unavailable ``"mps"`` or a malformed name are refused up front, so no model silently
+    runs somewhere else.
+    """
+    from samseg_core.errors import StageParameterError
+
+    try:
+        resolved = resolve_device(device)
+    except (TypeError, RuntimeError) as err:
+        raise StageParameterError(
+            "device", f"{device!r} is not a device ({err})", "pass cuda, cuda:N or cpu"
+        ) from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = resolved.index or 0
+        if index >= count:
+            found = f"{count} CUDA device(s)" if count else "no usable CUDA device"
+            raise StageParameterError(
+                "device",
+                f"'{device}' is not available: this machine has {found}",
+                "pass device='cpu' or a CUDA index that exists",
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise StageParameterError("device", "'mps' is not available here", "pass device='cpu'")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise StageParameterError(
+            "device", f"'{device}' is not a device samseg runs on", "pass cuda, cuda:N or cpu"
+        )
+    return resolved

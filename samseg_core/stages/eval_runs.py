@@ -1,14 +1,14 @@
 """samseg's QA runs stored as FiftyOne runs, so they can be listed, reloaded, renamed and deleted.
 
-Every samseg QA run (``kind`` ``iou``, ``agreement`` or ``failures``) is a :class:`SamsegRunConfig` registered
-with ``samples.register_run``; its method is ``samseg_<kind>``, so ``dataset.list_runs(method="samseg_iou")``
-lists the IoU evaluations. :class:`SamsegRun` knows which sample fields a run wrote (derived from its key, as
-FiftyOne's evaluations do), so ``rename_run`` renames them and ``delete_run`` deletes them.
+Every samseg QA run (``kind`` ``iou``, ``agreement``, ``failures``) is a :class:`SamsegRunConfig` registered with
+``samples.register_run``; its method is ``samseg_<kind>``, so ``dataset.list_runs(method="samseg_iou")`` lists
+the IoU evaluations. A run's sample fields all start with its key; the config stores their suffixes, so
+:class:`SamsegRun` knows them under any key: ``rename_run`` renames them and ``delete_run`` deletes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import fiftyone.core.runs as fors
@@ -60,11 +60,19 @@ def agreement_sample_fields(key: str, heatmap: bool = True) -> dict[str, str]:
     return names
 
 
-def failure_sample_fields(label_field: str) -> dict[str, str]:
-    """Names of the fields a failure run writes: the ``fo.Detections`` field and one count field per mode."""
+def failure_sample_fields(key: str) -> dict[str, str]:
+    """Names of the fields a failure run writes: the ``fo.Detections`` field ``key`` and a count per mode."""
     from samseg_core.failures import FAILURE_MODES
 
-    return {"objects": label_field, **{mode: f"{label_field}_{mode}" for mode in FAILURE_MODES}}
+    return {"objects": key, **{mode: f"{key}_{mode}" for mode in FAILURE_MODES}}
+
+
+def field_suffixes(key: str, fields: Sequence[str]) -> list[str]:
+    """The parts of ``fields`` after the run key (every run field starts with it)."""
+    bad = [f for f in fields if not f.startswith(key)]
+    if bad:
+        raise ValueError(f"run fields {bad} do not start with the run key '{key}'")
+    return [f[len(key) :] for f in fields]
 
 
 class SamsegRunConfig(fors.RunConfig):
@@ -72,42 +80,35 @@ class SamsegRunConfig(fors.RunConfig):
 
     Args:
         kind: ``"iou"``, ``"agreement"`` or ``"failures"``.
+        field_suffixes: the run's sample fields without the key (the error field included).
         **kwargs: the run's parameters (fields, thresholds, ...).
     """
 
-    def __init__(self, kind: str = IOU, method: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, kind: str = IOU, method: str | None = None, field_suffixes: Sequence[str] = (), **kwargs: Any
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"unknown samseg run kind '{kind}'; expected one of {KINDS}")
-        super().__init__(method=method or method_of(kind), kind=kind, **kwargs)
+        super().__init__(
+            method=method or method_of(kind), kind=kind, field_suffixes=list(field_suffixes), **kwargs
+        )
 
 
 class SamsegRun(fors.Run):
     """A samseg QA run: knows its sample fields, renames them with the key and deletes them with the run."""
 
     def get_fields(self, samples: Any, key: str) -> list[str]:
-        """Returns the sample fields this run wrote under ``key`` (including the per-sample error field)."""
-        config = self.config
-        kind = getattr(config, "kind", IOU)
-        if kind == IOU:
-            per_field = iou_sample_fields(
-                key, config.pred_field, config.compare_fields or (), bool(config.boundary)
-            )
-            names = [name for names in per_field.values() for name in names.values()]
-            primary = per_field[config.pred_field]["miou"]
-        elif kind == AGREEMENT:
-            names = list(agreement_sample_fields(key, bool(config.heatmap)).values())
-            primary = names[0]
-        else:
-            names = list(failure_sample_fields(key).values())
-            primary = key
-        return [*names, f"{primary}_error"]
+        """Returns the sample fields this run writes under ``key`` (including the per-sample error field)."""
+        return [f"{key}{suffix}" for suffix in getattr(self.config, "field_suffixes", None) or []]
 
     def rename(self, samples: Any, key: str, new_key: str) -> None:
         """Renames the run's sample fields from ``key`` to ``new_key``."""
         dataset = samples._dataset
-        old = self.get_fields(samples, key)
-        new = self.get_fields(samples, new_key)
-        pairs = [(a, b) for a, b in zip(old, new) if dataset.get_field(a) is not None]
+        pairs = [
+            (a, b)
+            for a, b in zip(self.get_fields(samples, key), self.get_fields(samples, new_key))
+            if dataset.get_field(a) is not None
+        ]
         if pairs:
             dataset.rename_sample_fields(dict(pairs))
 
@@ -126,32 +127,32 @@ class SamsegRun(fors.Run):
             )
 
 
-def register_samseg_run(
-    samples: Any, key: str, kind: str, *, fields: Sequence[str], overwrite: bool = True, **params: Any
-) -> None:
-    """Registers a samseg run of ``kind`` under ``key``, which will write the sample ``fields``.
+def run_kind(samples: Any, key: str) -> str | None:
+    """The samseg kind of run ``key`` on the dataset, or None when there is no samseg run of that key."""
+    dataset = samples._dataset
+    if key not in dataset.list_runs():
+        return None
+    config = dataset.get_run_info(key).config
+    kind = getattr(config, "kind", None)
+    return kind if getattr(config, "method", None) == method_of(str(kind)) else None
 
-    An existing run ``key`` of the same kind is replaced when ``overwrite`` (its fields are deleted first), else
-    refused. For a new key, values already in ``fields`` belong to no run of ours (the user's own fields) and
-    are refused whatever ``overwrite`` says: choose another key.
-    """
-    from samseg_core.runner import FieldExistsError, check_writable
 
-    if key in samples.list_runs():
-        if not overwrite:
-            raise FieldExistsError(
-                f"run '{key}' already exists; pass overwrite=True to replace it (its fields are deleted first) "
-                "or choose another key"
-            )
-    else:
-        try:
-            check_writable(samples, fields, skip_existing=False, overwrite=False)
-        except FieldExistsError as err:
-            raise FieldExistsError(
-                f"{err} (they belong to no samseg run '{key}'; choose another key)"
-            ) from None
-    config = SamsegRunConfig(kind=kind, **params)
-    samples.register_run(key, config, overwrite=overwrite, cleanup=True)
+def run_config(samples: Any, key: str) -> dict[str, Any]:
+    """The stored parameters of run ``key`` (what :func:`register_samseg_run` was given)."""
+    config = samples._dataset.get_run_info(key).config
+    return {k: v for k, v in config.serialize().items() if k not in ("cls", "type", "method", "kind")}
+
+
+def register_samseg_run(samples: Any, key: str, kind: str, *, replace: bool = False, **config: Any) -> None:
+    """Registers a samseg run of ``kind`` under ``key``; with ``replace`` an existing run of that key and its
+    fields are deleted first. The caller has validated the key (see :mod:`samseg_core.stages.plan`)."""
+    dataset = samples._dataset
+    exists = key in dataset.list_runs()
+    if exists and replace:
+        dataset.delete_run(key)
+    if exists and not replace:
+        return  # resumed: the stored config is the run's
+    samples.register_run(key, SamsegRunConfig(kind=kind, **config), overwrite=False, cleanup=False)
 
 
 def save_samseg_results(samples: Any, key: str, **results: Any) -> Any:
@@ -172,3 +173,8 @@ def load_samseg_results(samples: Any, key: str) -> dict[str, Any]:
     if results is None:
         return {}
     return {name: getattr(results, name) for name in results.attributes() if name != "cls"}
+
+
+def run_record_config(key: str, fields: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config of ``params`` plus the suffixes of ``fields`` (which all start with ``key``)."""
+    return {"field_suffixes": field_suffixes(key, fields), **dict(params)}

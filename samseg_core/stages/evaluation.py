@@ -1,203 +1,175 @@
-"""QA stages: per-sample IoU against ground truth, agreement without it (failure modes: ``detect_failures``,
-re-exported from :mod:`samseg_core.stages.failure_modes`).
+"""QA stage: per-sample IoU against ground truth, stored as a FiftyOne run (see :mod:`.eval_runs`).
 
-Each stage runs through :func:`samseg_core.runner.run_stage` (a bad sample gets ``<primary>_error`` and the run
-goes on) and is stored as a FiftyOne run (see :mod:`samseg_core.stages.eval_runs`), so
-``dataset.list_runs()``, ``load_run_results``, ``rename_run`` and ``delete_run`` work on it.
-
-Class ids and names come from ``dataset.mask_targets`` (ground-truth field first, then the prediction fields);
-ids no mask target names are still scored, under their number.
+Scoring itself is FiftyOne-free (:func:`samseg_core.metrics.score_masks`, row bands, bounded memory); this
+module reads the label maps, writes the per-sample fields and the run's dataset-level results. Class ids and
+names come from ``dataset.mask_targets`` (ground-truth field first, then the prediction fields); ids no mask
+target names are still scored, under their number.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from samseg_core.labels import masks_from_detections, read_segmentation
-from samseg_core.metrics import SegmentationScores, boundary_iou, confusion_and_missed, scores_from_confusion
-from samseg_core.runner import ProgressArg, RunSummary, SampleItem, run_stage
-from samseg_core.stages.eval_runs import (
-    AGREEMENT,
-    IOU,
-    agreement_sample_fields,
-    iou_sample_fields,
-    register_samseg_run,
-    save_samseg_results,
+from samseg_core.errors import StageParameterError
+from samseg_core.labels import read_segmentation
+from samseg_core.metrics import ConfusionAccumulator, ImageScores, IoUOptions, class_iou_dict, score_masks
+from samseg_core.runner import STATS, RunSummary, SampleItem, run_stage
+from samseg_core.stages.eval_runs import IOU, iou_sample_fields, run_record_config, save_samseg_results
+from samseg_core.stages.options import (
+    DICT,
+    FLOAT,
+    SEGMENTATION,
+    OutputField,
+    StageOptions,
+    input_field,
+    option,
+    output_run,
 )
-from samseg_core.stages.failure_modes import detect_failures
+from samseg_core.stages.plan import RunRecord, StagePlan
 from samseg_core.stages.qa_common import (
+    check_mask_targets_agree,
     nan_to_none,
     per_item_process,
     require_mask,
     resolve_class_ids,
     resolve_class_names,
 )
-from samseg_core.uncertainty import combined_uncertainty, label_disagreement, mask_score_uncertainty
+from samseg_core.stages.registry import StageSpec, stage
 
-__all__ = [
-    "agreement_iou",
-    "detect_failures",
-    "evaluate_iou",
-    "miou_for_evaluation",
-    "resolve_class_ids",
-    "resolve_class_names",
-    "score_masks",
-]
-
-#: Class ids at or above this are not classes: in ground truth they are ignored, in a prediction they are wrong
-#: (a stray 65535 must not make a 65536 x 65536 confusion matrix).
-MAX_CLASSES = 4096
+_FIELD_TYPES = {"miou": FLOAT, "accuracy": FLOAT, "boundary_iou": FLOAT, "class_iou": DICT, "delta": FLOAT}
 
 
 @dataclass(frozen=True)
-class IoUOptions:
-    """How label maps are scored (see :mod:`samseg_core.metrics` for the conventions)."""
+class IoUEvaluationOptions(StageOptions):
+    """Options of :func:`evaluate_iou`."""
 
-    known_classes: int = 0
-    ignore_index: int | None = 255
-    reduce_zero_label: bool = False
-    classes: tuple[int, ...] | None = None
-    boundary: bool = True
-    dilation_ratio: float = 0.02
-
-
-@dataclass
-class ImageScores:
-    """Scores of one prediction against one ground truth, with the confusion data to accumulate."""
-
-    confusion: np.ndarray
-    missed: np.ndarray
-    scores: SegmentationScores
-    boundary_iou: float
-
-
-def _observed_max(values: np.ndarray, ignore_index: int | None) -> int:
-    keep = (values >= 0) & (values < MAX_CLASSES)
-    if ignore_index is not None:
-        keep &= values != ignore_index
-    return int(values[keep].max(initial=-1))
-
-
-def score_masks(gt: np.ndarray, pred: np.ndarray, options: IoUOptions) -> ImageScores:
-    """Scores one HxW prediction against its HxW ground truth.
-
-    The number of classes is the largest of ``options.known_classes`` (from mask targets), the ids observed in
-    either map (below :data:`MAX_CLASSES`) and the class subset, so an id no mask target names still counts.
-    Raises ValueError when the shapes differ.
-    """
-    gt = np.asarray(gt).astype(np.int64, copy=False)
-    pred = np.asarray(pred).astype(np.int64, copy=False)
-    if gt.shape != pred.shape:
-        raise ValueError(f"ground truth mask {gt.shape} and prediction mask {pred.shape} differ in shape")
-    shift = 1 if options.reduce_zero_label else 0
-    num_classes = max(
-        options.known_classes,
-        _observed_max(gt, options.ignore_index) + 1 - shift,
-        _observed_max(pred, options.ignore_index) + 1,
-        max(options.classes, default=-1) + 1 if options.classes else 0,
-        1,
+    pred_field: str = input_field(
+        None,
+        SEGMENTATION,
+        "The prediction scored against ground truth (e.g. baseline)",
+        label="Prediction field",
     )
-    cm, missed = confusion_and_missed(gt, pred, num_classes, options.ignore_index, options.reduce_zero_label)
-    scores = scores_from_confusion(cm, missed, options.classes)
-    b_iou = math.nan
-    if options.boundary:
-        reduced = gt - shift
-        ignored = (reduced < 0) | (reduced >= num_classes)
-        if options.ignore_index is not None:
-            ignored |= gt == options.ignore_index
-        b_iou = boundary_iou(np.where(ignored, -1, reduced), pred, options.dilation_ratio, ignore_index=-1)
-    return ImageScores(cm, missed, scores, b_iou)
+    gt_field: str = input_field(
+        "ground_truth", SEGMENTATION, "The ground-truth segmentation", label="Ground truth"
+    )
+    eval_key: str = output_run(
+        "samseg_iou",
+        IOU,
+        "Run key and prefix of the per-sample fields (<eval_key>_miou, ...)",
+        label="Evaluation key",
+    )
+    compare_fields: tuple[str, ...] = input_field(
+        (), SEGMENTATION, "Further predictions scored side by side, each with a per-sample delta field",
+        required=False, label="Also compare",
+    )  # fmt: skip
+    ignore_index: int | None = option(
+        255, "Ground-truth value ignored everywhere; in a prediction it counts as wrong (None: no ignore value)",
+        ge=0, le=65535,
+    )  # fmt: skip
+    reduce_zero_label: bool = option(
+        False, "Ground truth 0 is ignored and other ids decremented (mmseg); predictions use the reduced ids"
+    )
+    classes: tuple[str | int, ...] = option(
+        (), "Class subset (names or ids) that mIoU averages over; empty: every class", label="Class subset"
+    )
+    boundary: bool = option(True, "Also compute boundary IoU (Cheng et al. 2021)", label="Boundary IoU")
+    dilation_ratio: float = option(0.02, "Boundary width as a share of the image diagonal", gt=0.0, le=0.5)
 
+    @property
+    def fields(self) -> list[str]:
+        """The scored prediction fields, the reference first."""
+        return [self.pred_field, *self.compare_fields]
 
-class _Totals:
-    """Dataset-level accumulation whose confusion matrix grows with the classes seen."""
+    def sample_fields(self) -> dict[str, dict[str, str]]:
+        """Per scored field, the names of its per-sample fields."""
+        return iou_sample_fields(self.eval_key, self.pred_field, self.compare_fields, self.boundary)
 
-    def __init__(self, classes: tuple[int, ...] | None) -> None:
-        self.classes = classes
-        self.confusion = np.zeros((0, 0), dtype=np.int64)
-        self.missed = np.zeros(0, dtype=np.int64)
-        self.image_mious: list[float] = []
-        self.image_boundary: list[float] = []
-        self.missing_predictions = 0
+    def output_fields(self) -> list[OutputField]:
+        # the reference's mIoU comes first: it is the primary field the runner writes last
+        return [
+            OutputField(name, _FIELD_TYPES[metric], "eval_key")
+            for per_field in self.sample_fields().values()
+            for metric, name in per_field.items()
+        ]
 
-    def add(self, image: ImageScores) -> None:
-        n = max(self.confusion.shape[0], image.confusion.shape[0])
-        self.confusion = _pad(self.confusion, n) + _pad(image.confusion, n)
-        self.missed = np.pad(self.missed, (0, n - self.missed.size)) + np.pad(
-            image.missed, (0, n - image.missed.size)
-        )
-        self.image_mious.append(image.scores.miou)
-        self.image_boundary.append(image.boundary_iou)
-
-    def summary(self, names: Mapping[int, str]) -> dict[str, Any]:
-        """The summed (mmseg/SSA) and mean-of-images reductions."""
-        out: dict[str, Any] = {
-            "num_images": len(self.image_mious),
-            "missing_predictions": self.missing_predictions,
-            "mean_of_images": nan_to_none(_nanmean(self.image_mious)),
-            "boundary_iou_mean": nan_to_none(_nanmean(self.image_boundary)),
-            "summed": None,
+    def run_record(self) -> RunRecord:
+        names = [out.name for out in self.output_fields()]
+        params = {
+            "pred_field": self.pred_field,
+            "gt_field": self.gt_field,
+            "compare_fields": list(self.compare_fields),
+            "ignore_index": self.ignore_index,
+            "reduce_zero_label": self.reduce_zero_label,
+            "classes": [str(c) for c in self.classes],
+            "boundary": self.boundary,
+            "dilation_ratio": self.dilation_ratio,
         }
-        if self.confusion.size:
-            n = self.confusion.shape[0]
-            subset = None if self.classes is None else tuple(c for c in self.classes if c < n)
-            out["summed"] = scores_from_confusion(self.confusion, self.missed, subset).to_dict(dict(names))
-        return out
+        return RunRecord(
+            self.eval_key, IOU, run_record_config(self.eval_key, [*names, f"{names[0]}_error"], params)
+        )
+
+    def check(self, samples: Any) -> None:
+        check_mask_targets_agree(samples, "gt_field", self.gt_field, self.fields, self.reduce_zero_label)
+        names = resolve_class_names(samples, self.gt_field, self.fields, self.reduce_zero_label)
+        try:
+            resolve_class_ids(self.classes or None, names)
+        except ValueError as err:
+            raise StageParameterError(
+                "classes", str(err), "name classes of the mask targets, or ids"
+            ) from None
 
 
-def _pad(cm: np.ndarray, n: int) -> np.ndarray:
-    return np.pad(cm, ((0, n - cm.shape[0]), (0, n - cm.shape[1])))
+EVALUATE_IOU = StageSpec(
+    name="evaluate_iou",
+    label="evaluate IoU",
+    description="Per-sample mIoU, accuracy and boundary IoU against ground truth, stored as a run",
+    options=IoUEvaluationOptions,
+    batch_size=16,
+    positional=("pred_field", "gt_field", "eval_key"),
+)
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    arr = np.asarray(values, dtype=np.float64)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else math.nan
-
-
-def _safe_key(name: str) -> str:
-    """A class name usable as a MongoDB dict key (no dots, no leading $)."""
-    return str(name).replace(".", "_").lstrip("$") or "_"
-
-
-def class_iou_dict(scores: SegmentationScores, names: Mapping[int, str]) -> dict[str, float]:
-    """``{class name: IoU}`` of the classes present in ground truth or prediction (unnamed ids by number)."""
-    iou = scores.per_class_iou
-    return {_safe_key(names.get(i, str(i))): float(iou[i]) for i in np.flatnonzero(~np.isnan(iou))}
-
-
-def _default_gt_field(samples: Any, gt_field: str | None) -> str:
-    if gt_field:
-        return gt_field
-    if samples.get_field("ground_truth") is not None:
-        return "ground_truth"
-    raise ValueError(
-        "no gt_field given and no 'ground_truth' field; without ground truth use agreement_iou()"
+def _iou_options(samples: Any, options: IoUEvaluationOptions) -> tuple[IoUOptions, dict[int, str]]:
+    names = resolve_class_names(samples, options.gt_field, options.fields, options.reduce_zero_label)
+    subset = resolve_class_ids(options.classes or None, names)
+    scoring = IoUOptions(
+        known_classes=max(names, default=-1) + 1,
+        ignore_index=options.ignore_index,
+        reduce_zero_label=options.reduce_zero_label,
+        classes=subset,
+        boundary=options.boundary,
+        dilation_ratio=options.dilation_ratio,
     )
+    return scoring, names
 
 
-def evaluate_iou(
-    samples: Any,
-    pred_field: str,
-    gt_field: str | None = None,
-    eval_key: str = "samseg_iou",
-    *,
-    ignore_index: int | None = 255,
-    reduce_zero_label: bool = False,
-    classes: Sequence[int | str] | None = None,
-    boundary: bool = True,
-    dilation_ratio: float = 0.02,
-    compare_fields: Sequence[str] = (),
-    batch_size: int = 16,
-    skip_failures: bool = True,
-    overwrite: bool = True,
-    progress: ProgressArg = None,
-) -> RunSummary:
+def _sample_values(
+    per_field: dict[str, ImageScores | None], options: IoUEvaluationOptions, names: dict[int, str]
+) -> dict[str, Any]:
+    """The per-sample field values of one sample's scores."""
+    sample_fields = options.sample_fields()
+    reference = per_field[options.pred_field]
+    result: dict[str, Any] = {}
+    for field, image in per_field.items():
+        out = sample_fields[field]
+        if image is None:
+            result.update(dict.fromkeys(out.values()))
+            continue
+        result[out["miou"]] = nan_to_none(image.scores.miou)
+        result[out["accuracy"]] = nan_to_none(image.scores.pixel_accuracy)
+        result[out["class_iou"]] = class_iou_dict(image.scores, names)
+        if options.boundary:
+            result[out["boundary_iou"]] = nan_to_none(image.boundary_iou)
+        if "delta" in out:
+            delta = math.nan if reference is None else image.scores.miou - reference.scores.miou
+            result[out["delta"]] = nan_to_none(delta)
+    return result
+
+
+@stage(EVALUATE_IOU)
+def evaluate_iou(plan: StagePlan, options: IoUEvaluationOptions) -> RunSummary:
     """Scores ``pred_field`` (and ``compare_fields``) against ground truth per sample and over the collection.
 
     Per sample, for the reference field ``pred_field``: ``<eval_key>_miou`` (mean IoU over the classes present
@@ -209,110 +181,45 @@ def evaluate_iou(
 
     Dataset-level results in both reductions (``summed``: one confusion matrix over all images, as mmseg and
     SSA report; ``mean_of_images``: the mean of per-image mIoUs) are stored as run ``eval_key``:
-    ``dataset.load_run_results(eval_key).fields[field]``.
-
-    Args:
-        samples: a dataset or view.
-        pred_field: the reference ``fo.Segmentation`` field (e.g. ``"baseline"``).
-        gt_field: the ground-truth ``fo.Segmentation`` field (default ``"ground_truth"``).
-        eval_key: run key and prefix of the per-sample fields.
-        ignore_index: ground-truth value ignored everywhere; in a prediction it counts as wrong.
-        reduce_zero_label: ground truth 0 is ignored and other ids are decremented (mmseg's option); the
-            predictions must use the reduced ids.
-        classes: subset (ids or names) that mIoU averages over; per-class values cover all classes.
-        boundary: also compute boundary IoU (Cheng et al. 2021).
-        dilation_ratio: boundary width as a share of the image diagonal.
-        compare_fields: further prediction fields scored side by side (e.g. ``("ssa", "sam_refined")``).
-        batch_size: samples per bulk write.
-        skip_failures: record per-sample errors and go on.
-        overwrite: replace an existing run ``eval_key`` (its fields are deleted first); else raise.
-        progress: True, or a callable taking the fraction done.
+    ``dataset.load_run_results(eval_key).fields[field]``. With ``skip_existing`` a run with the same settings
+    is resumed: samples that already have results keep them and are re-scored for the totals.
 
     Returns:
         a RunSummary; ``extra["fields"]`` holds the dataset-level results per field.
     """
-    gt_field = _default_gt_field(samples, gt_field)
-    compare = [f for f in dict.fromkeys(compare_fields) if f != pred_field]
-    fields = [pred_field, *compare]
-    names = resolve_class_names(samples, gt_field, fields, reduce_zero_label)
-    subset = resolve_class_ids(classes, names)
-    options = IoUOptions(
-        known_classes=max(names, default=-1) + 1,
-        ignore_index=ignore_index,
-        reduce_zero_label=reduce_zero_label,
-        classes=subset,
-        boundary=boundary,
-        dilation_ratio=dilation_ratio,
-    )
-    sample_fields = iou_sample_fields(eval_key, pred_field, compare, boundary)
-    # the reference's mIoU comes first: it is the primary field the runner writes last
-    output_fields = [name for per_field in sample_fields.values() for name in per_field.values()]
-    register_samseg_run(
-        samples,
-        eval_key,
-        IOU,
-        fields=output_fields,
-        overwrite=overwrite,
-        pred_field=pred_field,
-        gt_field=gt_field,
-        compare_fields=compare,
-        ignore_index=ignore_index,
-        reduce_zero_label=reduce_zero_label,
-        classes=list(subset) if subset else None,
-        boundary=boundary,
-        dilation_ratio=dilation_ratio,
-    )
-    totals = {field: _Totals(subset) for field in fields}
+    samples = plan.samples
+    scoring, names = _iou_options(samples, options)
+    totals = {field: ConfusionAccumulator(scoring.classes) for field in options.fields}
 
     def score_item(item: SampleItem) -> dict[str, Any]:
-        gt = require_mask(item.inputs.get(gt_field), gt_field)
+        gt = require_mask(item.inputs.get(options.gt_field), options.gt_field)
         per_field: dict[str, ImageScores | None] = {}
-        for field in fields:
+        for field in options.fields:
             pred = read_segmentation(item.inputs.get(field))
-            per_field[field] = None if pred is None else score_masks(gt, pred, options)
-        result: dict[str, Any] = {}
-        reference = per_field[pred_field]
+            per_field[field] = None if pred is None else score_masks(gt, pred, scoring)
+        return {**_sample_values(per_field, options, names), STATS: per_field}
+
+    def add(sample_id: str, per_field: dict[str, ImageScores | None]) -> None:
         for field, image in per_field.items():
-            out = sample_fields[field]
             if image is None:
-                result.update(dict.fromkeys(out.values()))
                 totals[field].missing_predictions += 1
-                continue
-            totals[field].add(image)
-            result[out["miou"]] = nan_to_none(image.scores.miou)
-            result[out["accuracy"]] = nan_to_none(image.scores.pixel_accuracy)
-            result[out["class_iou"]] = class_iou_dict(image.scores, names)
-            if boundary:
-                result[out["boundary_iou"]] = nan_to_none(image.boundary_iou)
-            if "delta" in out:
-                delta = math.nan if reference is None else image.scores.miou - reference.scores.miou
-                result[out["delta"]] = nan_to_none(delta)
-        return result
+            else:
+                totals[field].add(image)
 
     summary = run_stage(
-        samples,
-        stage="evaluate_iou",
-        output_fields=output_fields,
-        process=per_item_process(score_item),
-        input_fields=[gt_field, *fields],
-        load_images=False,
-        batch_size=batch_size,
-        skip_failures=skip_failures,
-        overwrite=overwrite,
-        progress=progress,
+        plan, process=per_item_process(score_item), load_images=False, on_result=add, rescore_skipped=True
     )
-    field_results = {field: totals[field].summary(names) for field in fields}
-    _add_deltas(field_results, pred_field)
+    field_results = {field: totals[field].summary(names) for field in options.fields}
+    _add_deltas(field_results, options.pred_field)
     save_samseg_results(
         samples,
-        eval_key,
+        options.eval_key,
         fields=field_results,
-        reference=pred_field,
+        reference=options.pred_field,
         class_names={str(k): v for k, v in sorted(names.items())},
         summary=summary.to_dict(),
     )
-    summary.extra["fields"] = field_results
-    summary.extra["eval_key"] = eval_key
+    summary.extra.update(fields=field_results, eval_key=options.eval_key)
     return summary
 
 
@@ -328,133 +235,6 @@ def _add_deltas(field_results: dict[str, dict[str, Any]], reference: str) -> Non
         res["delta_mean_of_images"] = None if mean is None or base_mean is None else mean - base_mean
 
 
-def detection_scores(detections: Any, attributes: Sequence[str]) -> tuple[list[Any], np.ndarray]:
-    """Detections that carry a score, and their scores: the smallest of ``attributes`` present on each
-    (e.g. SAM's ``predicted_iou``, ``stability_score``), else its ``confidence``."""
-    kept, scores = [], []
-    for det in getattr(detections, "detections", None) or []:
-        values = [det[name] for name in attributes if det.has_field(name) and det[name] is not None]
-        if not values and det.confidence is not None:
-            values = [det.confidence]
-        if values:
-            kept.append(det)
-            scores.append(min(float(v) for v in values))
-    return kept, np.asarray(scores, dtype=np.float32)
-
-
-def agreement_iou(
-    samples: Any,
-    field_a: str,
-    field_b: str,
-    eval_key: str = "samseg_agreement",
-    *,
-    ignore_index: int | None = 255,
-    heatmap: bool = True,
-    scores_field: str | None = None,
-    score_attributes: Sequence[str] = ("predicted_iou", "stability_score"),
-    uncovered: float = 0.5,
-    batch_size: int = 16,
-    skip_failures: bool = True,
-    overwrite: bool = True,
-    progress: ProgressArg = None,
-) -> RunSummary:
-    """Agreement between two segmentations of the same samples, for QA without ground truth.
-
-    Per sample: ``<eval_key>_miou`` (mIoU of ``field_b`` taking ``field_a`` as reference: per-class IoU is
-    symmetric), ``<eval_key>_accuracy`` (share of pixels where they agree), ``<eval_key>_class_iou`` and, with
-    ``heatmap``, an ``fo.Heatmap`` ``<eval_key>_disagreement``: 1 where the two maps disagree; where they agree,
-    SAM's uncertainty ``1 - score`` of the mask owning the pixel when ``scores_field`` (SAM's masks as
-    ``fo.Detections`` with ``predicted_iou`` / ``stability_score``) is given, else 0.
-
-    Args:
-        samples: a dataset or view.
-        field_a: the reference ``fo.Segmentation`` field (e.g. ``"baseline"``).
-        field_b: the other ``fo.Segmentation`` field (e.g. ``"ssa"``).
-        eval_key: run key and prefix of the fields.
-        ignore_index: "no class" value; such pixels of ``field_a`` are left out.
-        heatmap: write the disagreement/uncertainty heatmap.
-        scores_field: optional ``fo.Detections`` field of SAM masks with scores.
-        score_attributes: detection attributes read as scores (the smallest present is used).
-        uncovered: heatmap value of agreeing pixels no scored mask covers.
-        batch_size: samples per bulk write.
-        skip_failures: record per-sample errors and go on.
-        overwrite: replace an existing run ``eval_key``.
-        progress: True, or a callable taking the fraction done.
-
-    Returns:
-        a RunSummary; ``extra["agreement"]`` holds the dataset-level agreement in both reductions.
-    """
-    names = resolve_class_names(samples, field_a, [field_b])
-    options = IoUOptions(known_classes=max(names, default=-1) + 1, ignore_index=ignore_index, boundary=False)
-    sample_fields = agreement_sample_fields(eval_key, heatmap)
-    register_samseg_run(
-        samples,
-        eval_key,
-        AGREEMENT,
-        fields=list(sample_fields.values()),
-        overwrite=overwrite,
-        field_a=field_a,
-        field_b=field_b,
-        ignore_index=ignore_index,
-        heatmap=heatmap,
-        scores_field=scores_field,
-        score_attributes=list(score_attributes),
-        uncovered=uncovered,
-    )
-    totals = _Totals(None)
-
-    def score_item(item: SampleItem) -> dict[str, Any]:
-        import fiftyone as fo
-
-        a = require_mask(item.inputs.get(field_a), field_a)
-        b = require_mask(item.inputs.get(field_b), field_b)
-        image = score_masks(a, b, options)
-        result: dict[str, Any] = {
-            sample_fields["miou"]: nan_to_none(image.scores.miou),
-            sample_fields["accuracy"]: nan_to_none(image.scores.pixel_accuracy),
-            sample_fields["class_iou"]: class_iou_dict(image.scores, names),
-        }
-        if heatmap:
-            unsure = None
-            if scores_field:
-                dets, scores = detection_scores(item.inputs.get(scores_field), score_attributes)
-                masks, _ = masks_from_detections(fo.Detections(detections=dets), *a.shape)
-                unsure = mask_score_uncertainty(masks, scores, uncovered=uncovered)
-            heat = combined_uncertainty(label_disagreement(a, b, ignore_index=ignore_index), unsure)
-            result[sample_fields["heatmap"]] = fo.Heatmap(map=heat, range=[0, 1])
-        totals.add(image)
-        return result
-
-    summary = run_stage(
-        samples,
-        stage="agreement_iou",
-        output_fields=list(sample_fields.values()),
-        process=per_item_process(score_item),
-        input_fields=[field_a, field_b, *([scores_field] if scores_field else [])],
-        load_images=False,
-        batch_size=batch_size,
-        skip_failures=skip_failures,
-        overwrite=overwrite,
-        progress=progress,
-    )
-    agreement = totals.summary(names)
-    save_samseg_results(samples, eval_key, agreement=agreement, summary=summary.to_dict())
-    summary.extra["agreement"] = agreement
-    summary.extra["eval_key"] = eval_key
-    return summary
-
-
-def _label_batches(samples: Any, fields: Sequence[str], batch_size: int) -> Any:
-    """Yields ``(ids, {field: labels})`` for consecutive batches of samples (one query per batch)."""
-    ids = samples.values("id")
-    present = [f for f in fields if samples.get_field(f) is not None]
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        columns = samples.select(chunk, ordered=True).values(present) if present else []
-        values = {f: column for f, column in zip(present, columns)}
-        yield chunk, {f: values.get(f, [None] * len(chunk)) for f in fields}
-
-
 def miou_for_evaluation(
     samples: Any,
     pred_field: str,
@@ -467,27 +247,30 @@ def miou_for_evaluation(
 ) -> tuple[float | None, dict[str, str]]:
     """mIoU of ``pred_field`` against ``gt_field`` for FiftyOne's ``evaluate_segmentations`` custom metric.
 
-    Writes each sample's mIoU to ``<eval_key>_miou`` when ``eval_key`` is given and returns the summed
-    (mmseg/SSA) mIoU over the collection, plus the errors of samples that could not be scored (sample id ->
-    message; those samples are left out).
+    Writes each sample's mIoU to ``<eval_key>_miou`` when ``eval_key`` is given (FiftyOne's evaluation owns
+    that field) and returns the summed (mmseg/SSA) mIoU over the collection, plus the errors of samples that
+    could not be scored (sample id -> message; those samples are left out).
     """
     from samseg_core.runner import describe_error
 
     names = resolve_class_names(samples, gt_field, [pred_field], reduce_zero_label)
-    options = IoUOptions(
+    scoring = IoUOptions(
         known_classes=max(names, default=-1) + 1,
         ignore_index=ignore_index,
         reduce_zero_label=reduce_zero_label,
         boundary=False,
     )
-    totals = _Totals(None)
+    totals = ConfusionAccumulator()
     errors: dict[str, str] = {}
-    for ids, labels in _label_batches(samples, [gt_field, pred_field], batch_size):
+    ids = samples.values("id")
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        gts, preds = samples.select(chunk, ordered=True).values([gt_field, pred_field])
         values: dict[str, float | None] = {}
-        for sid, gt_label, pred_label in zip(ids, labels[gt_field], labels[pred_field]):
+        for sid, gt_label, pred_label in zip(chunk, gts, preds):
             try:
                 image = score_masks(
-                    require_mask(gt_label, gt_field), require_mask(pred_label, pred_field), options
+                    require_mask(gt_label, gt_field), require_mask(pred_label, pred_field), scoring
                 )
             except Exception as err:  # one bad sample must not lose the metric
                 errors[sid] = describe_error(err)
@@ -496,6 +279,11 @@ def miou_for_evaluation(
             totals.add(image)
             values[sid] = nan_to_none(image.scores.miou)
         if eval_key:
-            samples._dataset.set_values(f"{eval_key}_miou", values, key_field="id")
-    summed = totals.summary(names)["summed"]
-    return (summed or {}).get("miou"), errors
+            import fiftyone as fo
+
+            dataset = samples._dataset
+            if dataset.get_field(f"{eval_key}_miou") is None:
+                dataset.add_sample_field(f"{eval_key}_miou", fo.FloatField)
+            dataset.set_values(f"{eval_key}_miou", values, key_field="id")
+    summed = totals.summed()
+    return (None if summed is None else nan_to_none(summed.miou)), errors

@@ -34,21 +34,50 @@ def resolve_class_names(
 def resolve_class_ids(
     classes: Sequence[int | str] | None, names: Mapping[int, str]
 ) -> tuple[int, ...] | None:
-    """Class ids of a subset given by ids or names (names looked up in ``names``)."""
+    """Class ids of a subset given by ids or names; with known class names, every id and name must be one."""
     if classes is None:
         return None
     by_name = {name: class_id for class_id, name in names.items()}
     ids = []
     for item in classes:
-        if isinstance(item, (int, np.integer)):
-            ids.append(int(item))
-        elif str(item).isdigit():
-            ids.append(int(item))
+        if isinstance(item, (int, np.integer)) or str(item).isdigit():
+            class_id = int(item)
+            if names and class_id not in names:
+                raise ValueError(f"class id {class_id} is not in the mask targets; known ids: {sorted(names)}")
+            ids.append(class_id)
         elif item in by_name:
             ids.append(by_name[item])
         else:
             raise ValueError(f"unknown class '{item}'; known classes: {sorted(by_name)}")
     return tuple(sorted(set(ids)))
+
+
+def check_mask_targets_agree(
+    samples: Any,
+    gt_param: str,
+    gt_field: str | None,
+    pred_fields: Sequence[str],
+    reduce_zero_label: bool = False,
+) -> None:
+    """Raises a StageParameterError when a prediction's mask targets name a ground-truth class id differently
+    (its ids would then mean other classes and every score would be wrong)."""
+    from samseg_core.errors import StageParameterError
+
+    if not gt_field:
+        return
+    shift = 1 if reduce_zero_label else 0
+    reference = {k - shift: v for k, v in mask_targets_of(samples, gt_field).items() if k - shift >= 0}
+    for field in pred_fields:
+        targets = mask_targets_of(samples, field)
+        clashes = {k: (reference[k], v) for k, v in targets.items() if k in reference and reference[k] != v}
+        if clashes:
+            detail = ", ".join(f"{k}: '{a}' vs '{b}'" for k, (a, b) in sorted(clashes.items())[:4])
+            raise StageParameterError(
+                gt_param,
+                f"mask_targets of '{gt_field}' and '{field}' name the same ids differently ({detail})",
+                f"map the prediction's ids to the ground truth's classes (dataset.mask_targets['{field}']) or "
+                "set reduce_zero_label if the ground truth counts 0 as unlabeled",
+            )
 
 
 def require_mask(label: Any, field: str) -> np.ndarray:

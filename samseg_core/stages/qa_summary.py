@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from samseg_core.curation import queue_records
+from samseg_core.stages.curation import queue_records
 from samseg_core.stages.eval_runs import AGREEMENT, FAILURES, IOU, list_samseg_runs, load_samseg_results
 
 

@@ -1,0 +1,156 @@
+"""Operator forms built from a stage's declaration, and form params turned back into SDK keyword arguments.
+
+No option is named and no default is written here: labels, help, defaults, ranges and choices all come from the
+stage's declaration (:mod:`samseg_core.stages.options`), field pickers list the fields of the declared label
+type, and the stage's own validation marks a bad input invalid inline, before Execute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import fiftyone.operators.types as types
+
+from samseg_core.errors import StageParameterError
+from samseg_core.stages.options import INPUT, INPUT_RUN, OUTPUT, OUTPUT_RUN, QUEUE, OptionSpec
+
+#: Form property that carries a validation error no single input owns.
+FORM_ERROR = "samseg_error"
+_TEXT_KINDS = ("str", "any")
+
+
+def form_options(spec: Any) -> list[OptionSpec]:
+    """The options a stage's form and ``__call__`` carry: every declared option except Python-only ones."""
+    return [option for option in spec.all_options() if not option.info.python_only]
+
+
+def shown(option: OptionSpec, params: Mapping[str, Any], options: Mapping[str, OptionSpec]) -> bool:
+    """Whether ``option`` appears in the form given the current ``params`` (its ``show_if`` condition)."""
+    for name, allowed in (option.info.show_if or {}).items():
+        current = params.get(name)
+        if current is None and name in options:
+            current = options[name].default
+        if current not in allowed:
+            return False
+    return True
+
+
+def build_form(spec: Any, inputs: types.Object, params: Mapping[str, Any], samples: Any = None) -> None:
+    """Adds one input per form option of ``spec`` to ``inputs`` (field pickers list ``samples``' fields)."""
+    options = {option.name: option for option in form_options(spec)}
+    for option in options.values():
+        if shown(option, params, options):
+            add_input(inputs, option, samples)
+
+
+def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> None:
+    """Adds the input of one declared option: a field or run picker, a checkbox, a number, a choice or text."""
+    common = {"label": option.label, "description": option.info.help, "required": False}
+    if option.role in (INPUT, INPUT_RUN):
+        _add_picker(inputs, option, _picker_choices(option, samples), common)
+    elif option.role in (OUTPUT, OUTPUT_RUN, QUEUE) or option.kind in _TEXT_KINDS:
+        default = option.default if isinstance(option.default, str) else ""
+        inputs.str(option.name, default=default, **common)
+    elif option.kind == "bool":
+        inputs.bool(option.name, default=option.default, view=types.CheckboxView(), **common)
+    elif option.kind in ("int", "float"):
+        number = inputs.int if option.kind == "int" else inputs.float
+        low = option.info.ge if option.info.ge is not None else option.info.gt
+        number(option.name, default=option.default, min=low, max=option.info.le, **common)
+    elif option.kind in ("choice", "choices"):
+        _add_choice(inputs, option, list(option.choices), common)
+    elif option.kind == "list":
+        inputs.list(option.name, types.String(), default=list(option.default or ()), **common)
+    else:
+        raise TypeError(f"no form input for option {option.name} of kind {option.kind}")
+
+
+def _picker_choices(option: OptionSpec, samples: Any) -> list[str] | None:
+    if samples is None:
+        return None
+    if option.role == INPUT:
+        from samseg_core.schema import fields_holding
+
+        return fields_holding(samples, option.info.label_type)
+    from samseg_core.stages.eval_runs import list_samseg_runs
+
+    return [key for kind in option.info.run_kinds for key in list_samseg_runs(samples, kind)]
+
+
+def _add_picker(inputs: types.Object, option: OptionSpec, choices: list[str] | None, common: dict) -> None:
+    """A dropdown of the existing fields (or runs) of the declared type; free text when none is known."""
+    if option.many:
+        dropdown = types.Dropdown(label=option.label, multiple=True)
+        for choice in choices or []:
+            dropdown.add_choice(choice, label=choice)
+        inputs.list(option.name, types.String(), default=list(option.default or ()), view=dropdown, **common)
+        return
+    if not choices:
+        inputs.str(option.name, default=option.default or "", **common)
+        return
+    default = option.default if option.default in choices else (choices[0] if option.info.required else None)
+    values = choices if option.info.required else ["", *choices]
+    _add_choice(inputs, option, values, common, default=default if default is not None else "")
+
+
+def _add_choice(
+    inputs: types.Object, option: OptionSpec, values: list[Any], common: dict, default: Any = None
+) -> None:
+    dropdown = types.Dropdown(label=option.label, multiple=option.kind == "choices")
+    for value in values:
+        dropdown.add_choice(value, label=str(value) if value != "" else "(none)")
+    if option.kind == "choices":
+        default_list = list(option.default or ()) if default is None else default
+        inputs.list(option.name, types.String(), default=default_list, view=dropdown, **common)
+    else:
+        inputs.enum(
+            option.name,
+            dropdown.values(),
+            default=option.default if default is None else default,
+            view=dropdown,
+            **common,
+        )
+
+
+def kwargs_from_params(spec: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """SDK keyword arguments of the form options present in ``params``; an absent or None param keeps the SDK's
+    default, an empty text means None (e.g. "do not write this output"), lists become tuples. Zero stays zero:
+    the stage's own checks decide whether a value is allowed."""
+    out: dict[str, Any] = {}
+    for option in form_options(spec):
+        if option.name not in params or params[option.name] is None:
+            continue
+        value = params[option.name]
+        if isinstance(value, str) and value == "" and option.kind in (*_TEXT_KINDS, "choice"):
+            value = None
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[option.name] = value
+    return out
+
+
+def params_from_kwargs(spec: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Operator params for SDK keyword arguments (the inverse of :func:`kwargs_from_params`): None becomes an
+    empty text for text options, tuples become lists."""
+    params: dict[str, Any] = {}
+    for option in form_options(spec):
+        if option.name not in kwargs:
+            continue
+        value = kwargs[option.name]
+        if value is None:
+            value = "" if option.kind in _TEXT_KINDS or option.role is not None else None
+        elif isinstance(value, tuple):
+            value = list(value)
+        params[option.name] = value
+    return params
+
+
+def mark_invalid(inputs: types.Object, error: StageParameterError) -> None:
+    """Marks the input ``error.param`` names invalid with the error (or adds a form-level error)."""
+    prop = inputs.properties.get(error.param)
+    if prop is None:
+        inputs.view(FORM_ERROR, types.Error(label=str(error)), invalid=True, error_message=str(error))
+        return
+    prop.invalid = True
+    prop.error_message = str(error)

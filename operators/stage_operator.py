@@ -1,0 +1,126 @@
+"""One FiftyOne operator per registered stage, generated from the stage's declaration.
+
+The form, the parsing of its params and the operator's ``__call__`` come from the stage registry
+(:mod:`samseg_core.stages.registry`); ``execute`` makes one SDK call. Operators hold no defaults and no checks
+of their own: the stage's validation runs in ``resolve_input`` (a bad input is marked invalid in the form, and
+``foo.execute_operator`` refuses it with the same message) and again in the SDK call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from samseg_core.errors import StageParameterError
+
+from . import forms
+
+#: Views larger than this are delegated by default (long runs must not hit FIFTYONE_OPERATOR_TIMEOUT).
+DELEGATE_ABOVE_SAMPLES = 25
+
+
+class StageOperator(foo.Operator):
+    """Base of the generated stage operators; subclasses set ``SPEC`` and ``SDK`` (see :func:`operator_for`)."""
+
+    SPEC: Any = None
+    SDK: Callable[..., Any] | None = None
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name=self.SPEC.name,
+            label=f"samseg: {self.SPEC.label}",
+            description=self.SPEC.description,
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=True,
+            icon="/assets/icon.svg",
+        )
+
+    def resolve_input(self, ctx: Any) -> types.Property:
+        inputs = types.Object()
+        view = _target_view(ctx)
+        forms.build_form(self.SPEC, inputs, ctx.params, view)
+        if view is not None:
+            try:
+                self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
+            except StageParameterError as err:
+                forms.mark_invalid(inputs, err)
+        return types.Property(inputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
+
+    def resolve_delegation(self, ctx: Any) -> bool | None:
+        delegate = ctx.params.get("delegate")
+        if delegate is not None:
+            return bool(delegate)
+        view = _target_view(ctx)
+        # small views: None lets the request (the App's choice or request_delegation) decide
+        return True if view is not None and len(view) > DELEGATE_ABOVE_SAMPLES else None
+
+    def execute(self, ctx: Any) -> dict[str, Any]:
+        kwargs = forms.kwargs_from_params(self.SPEC, ctx.params)
+        kwargs["progress"] = lambda fraction: ctx.set_progress(progress=fraction, label=f"{fraction:.0%}")
+        if not ctx.delegated:
+            kwargs["num_workers"] = 0  # DataLoader workers only make sense in a delegated worker process
+        result = type(self).SDK(ctx.target_view(), **kwargs)
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return result.to_dict()
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        outputs = types.Object()
+        for key in ("processed", "skipped", "failed"):
+            outputs.int(key, label=key.capitalize())
+        outputs.float("seconds", label="Seconds")
+        outputs.str("table", label="Results", view=types.MarkdownView())
+        outputs.obj("errors", label="Errors (sample id -> message)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
+
+
+def _target_view(ctx: Any) -> Any:
+    try:
+        return ctx.target_view() if ctx.dataset is not None else None
+    except Exception:  # no dataset in the request yet
+        return None
+
+
+def _call_signature(spec: Any) -> inspect.Signature:
+    sdk = spec.signature()
+    names = {option.name for option in forms.form_options(spec)}
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params.append(inspect.Parameter("sample_collection", inspect.Parameter.POSITIONAL_OR_KEYWORD))
+    params += [p for name, p in sdk.parameters.items() if name in names]
+    params.append(
+        inspect.Parameter("delegate", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=bool)
+    )
+    return inspect.Signature(params)
+
+
+def operator_for(spec: Any, sdk: Callable[..., Any]) -> type[StageOperator]:
+    """The operator class of a registered stage: its config, form and ``__call__`` all from ``spec``."""
+    signature = _call_signature(spec)
+
+    def __call__(self: StageOperator, *args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(self, *args, **kwargs)
+        values = dict(bound.arguments)
+        values.pop("self")
+        samples = values.pop("sample_collection")
+        delegate = bool(values.pop("delegate", False))
+        params = forms.params_from_kwargs(spec, values)
+        ctx = {"view": samples.view(), "params": {**params, "delegate": delegate}}
+        result = foo.execute_operator(self.uri, ctx, request_delegation=delegate)
+        return result if delegate else result.result
+
+    __call__.__signature__ = signature
+    __call__.__doc__ = (
+        f"Runs ``{spec.name}`` on ``sample_collection`` through ``foo.execute_operator``, with exactly the SDK's "
+        f"options (see ``samseg_core.{spec.name}``) and ``delegate``: queue a delegated operation instead of "
+        "running now.\n\nReturns:\n    the run summary dict, or the delegated operation's ExecutionResult when "
+        "``delegate``."
+    )
+    name = "".join(part.capitalize() for part in spec.name.split("_"))
+    return type(name, (StageOperator,), {"SPEC": spec, "SDK": staticmethod(sdk), "__call__": __call__})

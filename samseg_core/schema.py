@@ -1,0 +1,84 @@
+"""Sample fields by label type: what a field holds, creating a stage's output fields, and who created a field.
+
+A field samseg creates carries ``field.info["samseg"]`` = ``{"stage": ..., "owner": ...}``, where ``owner`` is the
+primary output field (or run key) of the run that created it. That record is how samseg tells its own fields
+(which a resumed run may complete) from a user's fields of the same name (which it never replaces without
+``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone as fo
+
+from samseg_core.label_types import DETECTIONS, DICT, FLOAT, HEATMAP, INT, SEGMENTATION, STRING
+
+_LABEL_CLASSES = {SEGMENTATION: fo.Segmentation, DETECTIONS: fo.Detections, HEATMAP: fo.Heatmap}
+_PRIMITIVE_FIELDS = {FLOAT: fo.FloatField, INT: fo.IntField, STRING: fo.StringField, DICT: fo.DictField}
+INFO_KEY = "samseg"
+
+#: Sample fields FiftyOne itself manages; no stage may write them.
+RESERVED_FIELDS = frozenset(
+    {
+        "id",
+        "_id",
+        "filepath",
+        "tags",
+        "metadata",
+        "media_type",
+        "created_at",
+        "last_modified_at",
+        "_dataset_id",
+    }
+)
+
+
+def field_type_name(field: Any) -> str:
+    """A readable name of what a schema field holds (``Segmentation``, ``float``, ``StringField``, ...)."""
+    document = getattr(field, "document_type", None)
+    if document is not None:
+        return document.__name__
+    for name, cls in _PRIMITIVE_FIELDS.items():
+        if type(field) is cls:
+            return name
+    return type(field).__name__
+
+
+def holds(field: Any, label_type: str) -> bool:
+    """Whether schema ``field`` holds ``label_type`` (a label class name, or float / int / str / dict)."""
+    if label_type in _LABEL_CLASSES:
+        return getattr(field, "document_type", None) is _LABEL_CLASSES[label_type]
+    if label_type == FLOAT:
+        return isinstance(field, (fo.FloatField, fo.IntField))
+    return isinstance(field, _PRIMITIVE_FIELDS[label_type])
+
+
+def fields_holding(samples: Any, label_type: str) -> list[str]:
+    """Top-level fields of ``samples`` that hold ``label_type``, sorted."""
+    return sorted(name for name, field in samples.get_field_schema().items() if holds(field, label_type))
+
+
+def field_owner(dataset: Any, name: str) -> dict[str, Any] | None:
+    """The samseg record of a field (``{"stage", "owner"}``), or None when samseg did not create it."""
+    field = dataset.get_field(name)
+    info = getattr(field, "info", None) or {}
+    record = info.get(INFO_KEY)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def declare_field(dataset: Any, name: str, label_type: str, *, stage: str, owner: str) -> None:
+    """Creates ``name`` holding ``label_type`` with samseg's ownership record (an existing field is kept).
+
+    Declaring the type up front lets a batch whose values are all None be written (FiftyOne cannot infer a
+    type from None alone).
+    """
+    if dataset.get_field(name) is not None:
+        return
+    info = {INFO_KEY: {"stage": stage, "owner": owner}}
+    if label_type in _LABEL_CLASSES:
+        dataset.add_sample_field(
+            name, fo.EmbeddedDocumentField, embedded_doc_type=_LABEL_CLASSES[label_type], info=info
+        )
+    else:
+        dataset.add_sample_field(name, _PRIMITIVE_FIELDS[label_type], info=info)
