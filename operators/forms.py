@@ -61,7 +61,8 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
     elif option.kind in ("choice", "choices"):
         _add_choice(inputs, option, list(option.choices), common)
     elif option.kind == "list":
-        inputs.list(option.name, types.String(), default=list(option.default or ()), **common)
+        default = None if option.default is None else list(option.default)  # None: unset, not "empty"
+        inputs.list(option.name, types.String(), default=default, **common)
     else:
         raise TypeError(f"no form input for option {option.name} of kind {option.kind}")
 

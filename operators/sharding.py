@@ -21,14 +21,13 @@ from fiftyone.operators.executor import ExecutionContext
 from samseg_core.sharding import shard_views, sum_shard_summaries
 
 PLUGIN = "@samseg/samseg"
-#: Stage operators that process samples independently, so a shard is a valid unit of work.
+#: Stage operators that process samples independently, so a shard is a valid unit of work. The QA stages are
+#: not among them: their runs hold dataset-level totals, which one shard cannot compute (and they are quick).
 SHARDABLE_STAGES = (
     "run_baseline",
     "semantic_voting",
     "refine_with_sam",
     "open_vocab_labels",
-    "evaluate_iou",
-    "detect_failures",
 )
 _OWN_PARAMS = ("stage", "num_shards", "delegation_target", "delegate")
 # request keys that would make a queued shard target something other than its shard view

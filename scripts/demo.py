@@ -68,7 +68,7 @@ def synthetic_samples(dataset: Any, image_dir: Path, count: int) -> None:
     """Adds synthetic scenes with ``ground_truth`` and a degraded ``coarse`` prediction ("your model")."""
     import fiftyone as fo
 
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
 
     scenes = make_scenes(count, seed=7, size=(192, 256))
@@ -111,7 +111,7 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
             "semantic voting (superpixels, plurality)",
             ss.semantic_voting(
                 dataset,
-                semantic_field="coarse",
+                baseline_field="coarse",
                 label_field="ssa",
                 masks="superpixels",
                 instances_field="ssa_masks",
@@ -122,7 +122,7 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
             "semantic voting (superpixels, no-harm)",
             ss.semantic_voting(
                 dataset,
-                semantic_field="coarse",
+                baseline_field="coarse",
                 label_field="ssa_noharm",
                 masks="superpixels",
                 instances_field="ssa_noharm_masks",
@@ -140,17 +140,13 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
     steps.append(
         (
             "failure modes of 'ssa'",
-            ss.detect_failures(
-                dataset, pred_field="ssa", gt_field="ground_truth", label_field="ssa_failures"
-            ),
+            ss.detect_failures(dataset, pred_field="ssa", gt_field="ground_truth", eval_key="ssa_failures"),
         )
     )
     steps.append(
         (
             "relabeling queue",
-            ss.build_relabel_queue(
-                dataset, eval_key="ssa_iou", name="relabel", failures_field="ssa_failures"
-            ),
+            ss.build_relabel_queue(dataset, eval_key="ssa_iou", name="relabel", failures_key="ssa_failures"),
         )
     )
     return steps
@@ -174,7 +170,7 @@ def run_with_weights(
         (
             "SAM refinement (points+box, gated)",
             ss.refine_with_sam(
-                dataset, semantic_field="baseline", label_field="sam_refined", sam=sam, cache=cache
+                dataset, baseline_field="baseline", label_field="sam_refined", sam=sam, cache=cache
             ),
         )
     )
@@ -183,12 +179,12 @@ def run_with_weights(
             "semantic voting (SAM automatic masks, fast preset)",
             ss.semantic_voting(
                 dataset,
-                semantic_field="baseline",
+                baseline_field="baseline",
                 label_field="ssa",
                 masks="sam",
                 sam=sam,
                 cache=cache,
-                preset="fast",
+                amg_preset="fast",
                 **amg,
             ),
         )
@@ -207,7 +203,9 @@ def run_with_weights(
             steps.append(
                 (
                     f"agreement of '{field}' with the baseline",
-                    ss.agreement_iou(dataset, "baseline", field, eval_key=f"{field}_agree"),
+                    ss.agreement_iou(
+                        dataset, baseline_field="baseline", pred_field=field, eval_key=f"{field}_agree"
+                    ),
                 )
             )
     return steps

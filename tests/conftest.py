@@ -74,7 +74,7 @@ def scene_dataset(dataset, scenes, tmp_path):
     """A dataset of the ``scenes`` with ``ground_truth`` and a degraded ``coarse`` prediction."""
     import fiftyone as fo
 
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.testing import degrade_prediction, write_scene_images
 
     paths = write_scene_images(scenes, tmp_path / "images")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.browser
 
@@ -178,6 +179,19 @@ def _expected_miou(dataset) -> list[float]:
     return [segmentation_scores(sample.ground_truth.mask, sample.baseline.mask, 3).miou for sample in dataset]
 
 
+def _inline_error_blocks_execute(page, good: str, bad: str, message: str) -> None:
+    """Types ``bad`` into the form input holding ``good``: resolve_input marks it invalid with ``message`` and
+    Execute is disabled; typing ``good`` back clears the error."""
+    page.locator(f"input[value='{good}']").first.wait_for()
+    index = page.locator("input").evaluate_all(f"els => els.findIndex(e => e.value === '{good}')")
+    box = page.locator("input").nth(index)  # by position: the value attribute changes as we type
+    box.fill(bad)
+    page.get_by_text(message, exact=False).first.wait_for()
+    assert page.get_by_role("button", name="Execute").is_disabled()
+    box.fill(good)
+    page.get_by_text(message, exact=False).first.wait_for(state="hidden")
+
+
 def test_operator_browser_lists_samseg_and_runs_evaluation_from_its_form(
     page, app_url, app_dataset, tmp_path
 ):
@@ -190,12 +204,17 @@ def test_operator_browser_lists_samseg_and_runs_evaluation_from_its_form(
         page.get_by_text(label, exact=True).wait_for()
 
     page.get_by_text("samseg: evaluate IoU", exact=True).click()
-    page.get_by_text("Ground truth field", exact=True).wait_for()
+    page.get_by_text("Ground truth", exact=True).first.wait_for()
+    _inline_error_blocks_execute(page, "samseg_iou", "bad key", "is not a valid run key")
     page.get_by_role("button", name="Execute").click()
 
     mious = _poll_dataset(app_dataset, "samseg_iou_miou")
-    page.get_by_text("samseg run summary").wait_for()
-    page.get_by_role("button", name="Close").click()
+    summary = page.get_by_text("Processed:").first
+    try:  # the run summary (resolve_output); the App's reload_dataset trigger sometimes closes it first
+        summary.wait_for(timeout=10_000)
+        page.get_by_role("button", name="Close").click()
+    except PlaywrightTimeoutError:
+        pass
     page.get_by_text("samseg_iou_miou", exact=True).first.wait_for()  # the App reloaded the new fields
     _save_screenshot(page, tmp_path / "app_after_evaluate_iou.png", SCREENSHOT_COPY)
     assert mious == pytest.approx(_expected_miou(app_dataset))

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from samseg_core import run_baseline
-from samseg_core.labels import read_segmentation
 from samseg_core.errors import FieldExistsError
+from samseg_core.labels import read_segmentation
 from samseg_core.testing import save_tiny_segformer
 
 ID2LABEL = {0: "background", 1: "sky", 2: "road", 3: "car"}

@@ -18,7 +18,8 @@ def qa_dataset(dataset, tmp_path):
     """4 samples: perfect, dog missing, cat half covered, nothing predicted; evaluated and failure-checked."""
     import fiftyone as fo
 
-    from samseg_core.stages.evaluation import detect_failures, evaluate_iou
+    from samseg_core.stages.evaluation import evaluate_iou
+    from samseg_core.stages.failure_modes import detect_failures
 
     gt = np.zeros((20, 40), np.uint8)
     gt[5:15, 5:15] = 1
@@ -58,26 +59,26 @@ def test_miou_threshold_selects_samples(qa_dataset):
 
 
 def test_failure_mode_views_hold_samples_with_that_mode(qa_dataset):
-    build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
+    build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
     missing = _names(qa_dataset, qa_dataset.load_saved_view("relabel-missing").values("id"))
     incomplete = _names(qa_dataset, qa_dataset.load_saved_view("relabel-incomplete").values("id"))
     assert (missing, incomplete) == (["3.png", "1.png"], ["2.png"])
 
 
 def test_failure_labels_of_chosen_modes_are_tagged(qa_dataset):
-    queue = build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures", modes=["missing"])
-    tags = qa_dataset.count_label_tags(label_fields="pred_failures")
+    queue = build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures", modes=["missing"])
+    tags = qa_dataset.count_label_tags(label_fields="samseg_failures")
     assert tags == {"relabel": 3} and queue.tagged_labels == 3
 
 
 def test_rerun_does_not_duplicate_tags_or_views(qa_dataset):
-    build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
+    build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
     views_before = qa_dataset.list_saved_views()
-    second = build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
+    second = build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
     assert qa_dataset.list_saved_views() == views_before
     assert qa_dataset.count_sample_tags() == {"relabel": 3}
     assert sorted(tags.count("relabel") for tags in qa_dataset.values("tags")) == [0, 1, 1, 1]
-    assert qa_dataset.count_label_tags(label_fields="pred_failures") == {"relabel": 4}
+    assert qa_dataset.count_label_tags(label_fields="samseg_failures") == {"relabel": 4}
     assert (second.added, second.removed) == (0, 0)
 
 
@@ -89,8 +90,8 @@ def test_rerun_untags_samples_that_left_the_queue(qa_dataset):
 
 
 def test_rerun_deletes_mode_views_it_no_longer_needs(qa_dataset):
-    build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
-    build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures", modes=["missing"])
+    build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
+    build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures", modes=["missing"])
     assert sorted(qa_dataset.list_saved_views()) == ["relabel", "relabel-missing"]
 
 
@@ -104,7 +105,7 @@ def test_foreign_sample_tag_is_refused_and_left_alone(qa_dataset):
 def test_foreign_saved_view_is_refused_and_left_alone(qa_dataset):
     qa_dataset.save_view("relabel-missing", qa_dataset.limit(1))
     with pytest.raises(ValueError, match="saved views"):
-        build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
+        build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
     assert len(qa_dataset.load_saved_view("relabel-missing")) == 1 and not qa_dataset.count_sample_tags()
 
 
@@ -117,7 +118,7 @@ def test_overwrite_takes_over_a_foreign_tag(qa_dataset):
 def test_other_tags_and_views_survive_rerun_and_delete(qa_dataset):
     qa_dataset.tag_samples("keep")
     qa_dataset.save_view("mine", qa_dataset.limit(2))
-    build_relabel_queue(qa_dataset, eval_key="ev", failures_field="pred_failures")
+    build_relabel_queue(qa_dataset, eval_key="ev", failures_key="samseg_failures")
     build_relabel_queue(qa_dataset, eval_key="ev", max_samples=1)
     delete_relabel_queue(qa_dataset)
     assert qa_dataset.count_sample_tags() == {"keep": 4}
@@ -126,7 +127,7 @@ def test_other_tags_and_views_survive_rerun_and_delete(qa_dataset):
 
 def test_queue_is_recorded_in_dataset_info(qa_dataset):
     build_relabel_queue(
-        qa_dataset, eval_key="ev", name="qa", failures_field="pred_failures", modes=["missing"]
+        qa_dataset, eval_key="ev", name="qa", failures_key="samseg_failures", modes=["missing"]
     )
     record = queue_records(qa_dataset)["qa"]
     assert record["views"] == ["qa", "qa-missing"] and record["samples"] == 2
@@ -148,7 +149,7 @@ def test_annotation_backend_receives_the_queue_view(qa_dataset, monkeypatch):
 
 
 def test_queue_needs_a_known_evaluation(qa_dataset):
-    with pytest.raises(ValueError, match="evaluate_iou"):
+    with pytest.raises(ValueError, match="eval_key: no samseg run .nope."):
         build_relabel_queue(qa_dataset, eval_key="nope")
 
 
@@ -156,7 +157,7 @@ def test_build_relabel_queue_operator(qa_dataset):
     import fiftyone.operators as foo
 
     result = foo.get_operator("@samseg/samseg/build_relabel_queue")(
-        qa_dataset, eval_key="ev", name="ops", failures_field="pred_failures", max_samples=2
+        qa_dataset, eval_key="ev", name="ops", failures_key="samseg_failures", max_samples=2
     )
     assert result["samples"] == 2 and "ops-missing" in result["views"]
     assert qa_dataset.count_sample_tags() == {"ops": 2}

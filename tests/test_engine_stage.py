@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 
 from samseg_core import open_vocab_labels
-from samseg_core.labels import (
-    detections_from_masks,
-    masks_from_detections,
-    merge_mask_targets,
-    read_segmentation,
-)
+from samseg_core.errors import StageParameterError
+from samseg_core.labels import detections_from_masks, masks_from_detections, read_segmentation
+from samseg_core.mask_targets import merge_mask_targets
 from samseg_core.testing import degrade_prediction, make_scenes, tiny_segformer, write_scene_images
 from samseg_core.testing import tiny_engine_models as tiny
 
@@ -71,7 +68,7 @@ def _run(samples, models, **kwargs):
 
 
 def test_sdk_writes_one_labelled_detection_per_mask(masked_dataset, models):
-    summary = _run(masked_dataset, models, semantic_fields=["coarse"])
+    summary = _run(masked_dataset, models, baseline_fields=["coarse"])
 
     assert (summary.processed, summary.failed) == (4, 0)
     for source, result in zip(masked_dataset.values("ssa_masks"), masked_dataset.values("ssa_engine")):
@@ -82,7 +79,7 @@ def test_sdk_writes_one_labelled_detection_per_mask(masked_dataset, models):
 
 
 def test_close_set_proposals_come_from_the_stored_field_with_its_mask_targets(masked_dataset, models):
-    _run(masked_dataset, models, semantic_fields=["ground_truth"], vocabulary=["widget"], topk=5)
+    _run(masked_dataset, models, baseline_fields=["ground_truth"], vocabulary=["widget"], topk=5)
     names = set(masked_dataset.mask_targets["ground_truth"].values())
 
     proposals = {
@@ -117,9 +114,9 @@ def test_masks_below_min_area_are_kept_as_unknown_with_a_reason(masked_dataset, 
 
 def test_merged_segmentation_class_ids_are_stable_across_samples_and_runs(masked_dataset, models):
     first, rest = masked_dataset.limit(2), masked_dataset.skip(2)
-    _run(first, models, semantic_field="ssa_semantic")
+    _run(first, models, segmentation_field="ssa_semantic")
     targets_after_first = dict(masked_dataset.mask_targets["ssa_semantic"])
-    _run(rest, models, semantic_field="ssa_semantic")
+    _run(rest, models, segmentation_field="ssa_semantic")
     targets = masked_dataset.mask_targets["ssa_semantic"]
 
     assert {k: targets[k] for k in targets_after_first} == targets_after_first  # earlier ids never change
@@ -157,8 +154,9 @@ def test_skip_existing_resumes_without_recomputing(masked_dataset, models):
 
 def test_operator_runs_through_execute_operator_with_model_specs(masked_dataset):
     params = {
-        "masks": "field:ssa_masks",
-        "semantic_fields": "coarse",
+        "masks": "field",
+        "masks_field": "ssa_masks",
+        "baseline_fields": ["coarse"],
         "label_field": "op_labels",
         "min_area": 20,
         "mask_batch_size": 8,
@@ -181,7 +179,8 @@ def test_operator_call_loads_models_from_saved_directories(masked_dataset, tmp_p
 
     result = operator(
         masked_dataset.limit(1),
-        masks="field:ssa_masks",
+        masks="field",
+        masks_field="ssa_masks",
         label_field="called",
         semantic_models=[],
         **directories,
@@ -195,8 +194,8 @@ def test_operator_labels_sam_masks_with_generator_settings_from_the_form(masked_
         masked_dataset.limit(1),
         masks="sam",
         sam="samseg_core.testing:tiny_sam",
-        mask_preset=None,
-        mask_options=RANDOM_SAM,
+        amg_preset="default",
+        **RANDOM_SAM,
         label_field="sam_labels",
         vocabulary=["dog", "cat"],
         semantic_models=[],
@@ -215,7 +214,8 @@ def test_delegated_operation_is_queued_then_executed(masked_dataset):
 
     queued = foo.get_operator(OPERATOR)(
         masked_dataset,
-        masks="field:ssa_masks",
+        masks="field",
+        masks_field="ssa_masks",
         label_field="queued",
         vocabulary=["dog", "cat"],
         semantic_models=[],
@@ -232,3 +232,93 @@ def test_delegated_operation_is_queued_then_executed(masked_dataset):
     assert service.get(doc.id).run_state == ExecutionRunState.COMPLETED
     masked_dataset.reload()
     assert masked_dataset.count("queued") == 4
+
+
+def test_old_option_names_still_work_with_a_future_warning(masked_dataset, models):
+    with pytest.warns(FutureWarning, match="'semantic_fields' is now called 'baseline_fields'"):
+        summary = _run(masked_dataset.limit(1), models, semantic_fields=["coarse"], semantic_field="old_seg")
+
+    assert summary.processed == 1 and masked_dataset.count("old_seg") == 1
+
+
+def test_a_vocabulary_name_with_a_comma_stays_one_class(masked_dataset, models):
+    vocabulary = ["windowpane, window", "car"]
+    _run(masked_dataset.limit(2), models, vocabulary=vocabulary, topk=5, segmentation_field="seg")
+
+    labelled = [
+        d for d in masked_dataset.values("ssa_engine.detections", unwind=True) if d.skipped_reason is None
+    ]
+    assert labelled and all(set(d.class_proposals) == set(vocabulary) for d in labelled)
+    assert {d.label for d in labelled} <= set(vocabulary)
+    assert set(masked_dataset.mask_targets["seg"].values()) <= {"unlabeled", *vocabulary}
+
+
+def test_a_vocabulary_name_with_a_comma_stays_one_class_through_the_operator(masked_dataset):
+    result = foo.get_operator(OPERATOR)(
+        masked_dataset.limit(1),
+        masks="field",
+        masks_field="ssa_masks",
+        label_field="op_vocab",
+        vocabulary=["windowpane, window", "car"],
+        topk=5,
+        semantic_models=[],
+        device="cpu",
+        **{k: v for k, v in TINY.items() if k != "captioner"},
+    )
+
+    labelled = [d for d in masked_dataset.first().op_vocab.detections if d.skipped_reason is None]
+    assert result["processed"] == 1 and labelled
+    assert all(set(d.class_proposals) == {"windowpane, window", "car"} for d in labelled)
+
+
+def _unchanged(dataset):
+    dataset.reload()
+    return set(dataset.get_field_schema()), dict(dataset.mask_targets), dataset.count("ssa_masks.detections")
+
+
+def test_a_negative_min_area_is_refused_before_anything_is_written(masked_dataset, models):
+    before = _unchanged(masked_dataset)
+
+    with pytest.raises(StageParameterError) as err:
+        _run(masked_dataset, models, min_area=-1, segmentation_field="seg")
+
+    assert err.value.param == "min_area" and err.value.remedy
+    assert _unchanged(masked_dataset) == before
+
+
+def test_a_model_that_cannot_be_loaded_is_refused_before_anything_is_written(
+    masked_dataset, models, tmp_path
+):
+    from samseg_core.models.resolve import ModelLoadError
+
+    before = _unchanged(masked_dataset)
+    json_dir = tmp_path / "json"
+
+    with pytest.raises(ModelLoadError) as err:
+        _run(masked_dataset, {**models, "clipseg": str(tmp_path / "missing")}, segmentation_field="seg",
+             json_dir=json_dir)  # fmt: skip
+
+    assert err.value.param == "clipseg"
+    assert _unchanged(masked_dataset) == before and not json_dir.exists()
+
+
+def test_counts_are_right_when_one_sample_of_a_batch_fails(masked_dataset, models, tmp_path):
+    # Old option names only, so this also runs on the pre-contract engine. The middle sample's JSON file name
+    # (<stem>_<id>.json) is too long for the file system: it fails after its batch mate was labelled, and the
+    # runner retries the batch one sample at a time. Counts must cover each written sample once.
+    samples = masked_dataset.limit(3)
+    middle = samples.skip(1).first()
+    long_path = tmp_path / f"{'x' * 240}.png"
+    long_path.write_bytes(open(middle.filepath, "rb").read())
+    middle.filepath = str(long_path)
+    middle.save()
+
+    summary = _run(samples, models, vocabulary=["dog", "cat"], json_dir=str(tmp_path / "json"), batch_size=3)
+
+    assert (summary.processed, summary.failed) == (2, 1) and middle.id in summary.errors
+    written = [d for labels in samples.values("ssa_engine") if labels for d in labels.detections]
+    labelled = [d for d in written if d.skipped_reason is None]
+    assert summary.extra["masks"] == len(written)
+    assert summary.extra["labelled"] == len(labelled)
+    assert summary.extra["skipped"] == len(written) - len(labelled)
+    assert summary.extra["classes"] == len({d.label for d in labelled})

@@ -65,6 +65,8 @@ def test_reduce_zero_label_ignores_zero_and_shifts_ids(dataset, tmp_path):
     # raw gt 0 1 2 / 2 2 0 -> reduced: ign 0 1 / 1 1 ign; pred (reduced ids) 1 0 1 / 1 0 0
     # class 0: gt 1, pred 2 (valid), tp 1 -> 1/2; class 1: gt 3, pred 2, tp 2 -> 2/3
     _add(dataset, tmp_path, [{"gt": [[0, 1, 2], [2, 2, 0]], "pred": [[1, 0, 1], [1, 0, 0]]}])
+    dataset.mask_targets = {**dataset.mask_targets, "pred": {k - 1: v for k, v in TARGETS.items() if k > 0}}
+    dataset.save()
     evaluate_iou(dataset, "pred", "gt", eval_key="ev", reduce_zero_label=True)
     sample = dataset.first()
     assert sample.ev_miou == pytest.approx((1 / 2 + 2 / 3) / 2)
@@ -167,8 +169,8 @@ def test_rename_run_renames_its_fields(dataset, tmp_path):
 def test_delete_run_deletes_its_fields(dataset, tmp_path):
     from samseg_core.stages.evaluation import evaluate_iou
 
-    _add(dataset, tmp_path, [{"gt": GT, "pred": PRED}])
-    evaluate_iou(dataset, "pred", "gt", eval_key="ev", compare_fields=["gt"])
+    _add(dataset, tmp_path, [{"gt": GT, "pred": PRED, "other": GT}])
+    evaluate_iou(dataset, "pred", "gt", eval_key="ev", compare_fields=["other"])
     dataset.delete_run("ev")
     assert dataset.list_runs() == []
     assert not [f for f in dataset.get_field_schema() if f.startswith("ev_")]
@@ -177,18 +179,18 @@ def test_delete_run_deletes_its_fields(dataset, tmp_path):
 def test_rerun_replaces_previous_values(dataset, tmp_path):
     from samseg_core.stages.evaluation import evaluate_iou
 
-    _add(dataset, tmp_path, [{"gt": GT, "pred": PRED}])
+    _add(dataset, tmp_path, [{"gt": GT, "pred": PRED, "other": GT}])
     evaluate_iou(dataset, "pred", "gt", eval_key="ev")
-    evaluate_iou(dataset, "gt", "gt", eval_key="ev")
+    evaluate_iou(dataset, "other", "gt", eval_key="ev", overwrite=True)
     assert dataset.first().ev_miou == pytest.approx(1.0)
 
 
 def test_agreement_iou_and_disagreement_heatmap(dataset, tmp_path):
-    from samseg_core.stages.evaluation import agreement_iou
+    from samseg_core.stages.agreement import agreement_iou
 
     # a 0 0 1 1, b 0 1 1 1: class 0 -> 1/2, class 1 -> 2/3; they disagree on pixel 1
     _add(dataset, tmp_path, [{"a": [[0, 0, 1, 1]], "b": [[0, 1, 1, 1]]}])
-    agreement_iou(dataset, "a", "b", eval_key="agree")
+    agreement_iou(dataset, baseline_field="a", pred_field="b", eval_key="agree")
     sample = dataset.first()
     assert sample.agree_miou == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert sample.agree_accuracy == pytest.approx(3 / 4)
@@ -198,7 +200,7 @@ def test_agreement_iou_and_disagreement_heatmap(dataset, tmp_path):
 def test_agreement_heatmap_uses_sam_scores_where_maps_agree(dataset, tmp_path):
     import fiftyone as fo
 
-    from samseg_core.stages.evaluation import agreement_iou
+    from samseg_core.stages.agreement import agreement_iou
 
     _add(dataset, tmp_path, [{"a": [[0, 0, 1, 1]], "b": [[0, 1, 1, 1]]}])
     sample = dataset.first()
@@ -207,7 +209,9 @@ def test_agreement_heatmap_uses_sam_scores_where_maps_agree(dataset, tmp_path):
     det["predicted_iou"], det["stability_score"] = 0.9, 0.8
     sample["sam"] = fo.Detections(detections=[det])
     sample.save()
-    agreement_iou(dataset, "a", "b", eval_key="agree", scores_field="sam", uncovered=0.5)
+    agreement_iou(
+        dataset, baseline_field="a", pred_field="b", eval_key="agree", masks_field="sam", uncovered=0.5
+    )
     np.testing.assert_allclose(dataset.first().agree_disagreement.map, [[0.5, 1.0, 0.2, 0.2]], atol=1e-6)
 
 
@@ -251,12 +255,13 @@ def test_evaluate_iou_operator_runs_immediately(dataset, tmp_path):
     assert dataset.first().op_miou == pytest.approx((3 / 4 + 2 / 4) / 3)
 
 
-def test_evaluate_iou_operator_agreement_mode(dataset, tmp_path):
+def test_agreement_iou_operator(dataset, tmp_path):
     import fiftyone.operators as foo
 
     _add(dataset, tmp_path, [{"a": [[0, 0, 1, 1]], "b": [[0, 1, 1, 1]]}])
-    params = {"mode": "agreement", "pred_field": "a", "other_field": "b", "eval_key": "agree"}
-    foo.execute_operator("@samseg/samseg/evaluate_iou", {"dataset": dataset, "params": params})
+    params = {"pred_field": "a", "baseline_field": "b", "eval_key": "agree"}
+    result = foo.execute_operator("@samseg/samseg/agreement_iou", {"dataset": dataset, "params": params})
+    assert result.error is None
     assert dataset.first().agree_accuracy == pytest.approx(3 / 4)
 
 
@@ -276,7 +281,7 @@ def test_evaluate_iou_operator_delegated(dataset, tmp_path):
 def test_scene_evaluation_scores_degraded_prediction_below_ground_truth(dataset, tmp_path):
     import fiftyone as fo
 
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.stages.evaluation import evaluate_iou
     from samseg_core.testing import degrade_prediction, make_scenes
 
@@ -286,14 +291,15 @@ def test_scene_evaluation_scores_degraded_prediction_below_ground_truth(dataset,
             fo.Sample(
                 filepath=str(tmp_path / f"s{i}.png"),
                 ground_truth=_seg(scene.semantic),
+                perfect=_seg(scene.semantic),
                 coarse=_seg(degrade_prediction(scene, seed=i)),
             )
             for i, scene in enumerate(scenes)
         ]
     )
     merge_mask_targets(dataset, "ground_truth", scenes[0].class_names)
-    evaluate_iou(dataset, "coarse", "ground_truth", eval_key="ev", compare_fields=["ground_truth"])
-    coarse, perfect = dataset.values("ev_miou"), dataset.values("ev_ground_truth_miou")
+    evaluate_iou(dataset, "coarse", "ground_truth", eval_key="ev", compare_fields=["perfect"])
+    coarse, perfect = dataset.values("ev_miou"), dataset.values("ev_perfect_miou")
     assert perfect == pytest.approx([1.0, 1.0])
     assert all(0.0 < c < 1.0 for c in coarse)
 
@@ -301,7 +307,7 @@ def test_scene_evaluation_scores_degraded_prediction_below_ground_truth(dataset,
 def test_a_new_run_refuses_to_write_over_a_users_field_of_the_same_name(dataset):
     import fiftyone as fo
 
-    from samseg_core.runner import FieldExistsError
+    from samseg_core.errors import FieldExistsError
     from samseg_core.stages.evaluation import evaluate_iou
 
     gt = np.array([[1, 1], [2, 2]], dtype=np.uint8)
@@ -320,7 +326,7 @@ def test_a_new_run_refuses_to_write_over_a_users_field_of_the_same_name(dataset)
 def test_rerunning_an_existing_run_without_overwrite_says_how(dataset):
     import fiftyone as fo
 
-    from samseg_core.runner import FieldExistsError
+    from samseg_core.errors import FieldExistsError
     from samseg_core.stages.evaluation import evaluate_iou
 
     gt = np.array([[1, 1], [2, 2]], dtype=np.uint8)
@@ -331,5 +337,5 @@ def test_rerunning_an_existing_run_without_overwrite_says_how(dataset):
 
     with pytest.raises(FieldExistsError, match="overwrite=True"):
         evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again", overwrite=False)
-    evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again")  # the default replaces our own run
+    evaluate_iou(dataset, "pred", gt_field="gt", eval_key="again", overwrite=True)  # replaces our own run
     assert dataset.first().again_miou == 1.0

@@ -154,17 +154,17 @@ def _failure_dataset(dataset, tmp_path):
 
 
 def test_detect_failures_writes_objects_with_modes_and_counts(dataset, tmp_path):
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     _failure_dataset(dataset, tmp_path)
     summary = detect_failures(dataset, "pred", "gt")
     sample = dataset.first()
-    objects = sorted((d.label, d.failure_mode) for d in sample.pred_failures.detections)
+    objects = sorted((d.label, d.failure_mode) for d in sample.samseg_failures.detections)
     assert objects == [("cat", "missing"), ("cat", "ok"), ("dog", "incomplete")]
     assert (
-        sample.pred_failures_missing,
-        sample.pred_failures_incomplete,
-        sample.pred_failures_overlapping,
+        sample.samseg_failures_missing,
+        sample.samseg_failures_incomplete,
+        sample.samseg_failures_overlapping,
     ) == (
         1,
         1,
@@ -175,31 +175,31 @@ def test_detect_failures_writes_objects_with_modes_and_counts(dataset, tmp_path)
 
 def test_detect_failures_object_masks_match_ground_truth(dataset, tmp_path):
     from samseg_core.labels import masks_from_detections
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     _failure_dataset(dataset, tmp_path)
     detect_failures(dataset, "pred", "gt")
     sample = dataset.first()
-    masks, dets = masks_from_detections(sample.pred_failures, 40, 60)
+    masks, dets = masks_from_detections(sample.samseg_failures, 40, 60)
     gt = sample.gt.mask
     for mask, det in zip(masks, dets):
         assert mask.sum() == 100 and (gt[mask] == {"cat": 1, "dog": 2}[det.label]).all()
 
 
 def test_detect_failures_records_bad_sample_and_goes_on(dataset, tmp_path):
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     _failure_dataset(dataset, tmp_path)
     summary = detect_failures(dataset, "pred", "gt")
     assert (summary.processed, summary.failed) == (1, 1)
-    assert "differ in shape" in dataset.values("pred_failures_error")[1]
+    assert "differ in shape" in dataset.values("samseg_failures_error")[1]
 
 
 def test_detect_failures_from_instances_field(dataset, tmp_path):
     import fiftyone as fo
 
     from samseg_core.labels import detections_from_masks
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     pred = _canvas()
     pred[10:20, 10:30] = 1
@@ -215,28 +215,28 @@ def test_detect_failures_from_instances_field(dataset, tmp_path):
     )
     dataset.mask_targets = {"pred": {0: "background", 1: "cat"}}
     dataset.save()
-    detect_failures(dataset, "pred", None, instances_field="people", label_field="merged")
+    detect_failures(dataset, "pred", None, gt_instances_field="people", eval_key="merged")
     sample = dataset.first()
     assert sample.merged_overlapping == 2
     assert {d.gt_id for d in sample.merged.detections} == {d.id for d in sample.people.detections}
 
 
 def test_failure_run_is_listed_and_deleted_with_its_fields(dataset, tmp_path):
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     _failure_dataset(dataset, tmp_path)
     detect_failures(dataset, "pred", "gt")
     listed = dataset.list_runs(method="samseg_failures")
-    dataset.delete_run("pred_failures")
-    assert listed == ["pred_failures"]
-    assert not [f for f in dataset.get_field_schema() if f.startswith("pred_failures")]
+    dataset.delete_run("samseg_failures")
+    assert listed == ["samseg_failures"]
+    assert not [f for f in dataset.get_field_schema() if f.startswith("samseg_failures")]
 
 
 def test_detect_failures_operator(dataset, tmp_path):
     import fiftyone.operators as foo
 
     _failure_dataset(dataset, tmp_path)
-    params = {"pred_field": "pred", "gt_field": "gt", "label_field": "op_failures", "complete_above": 0.4}
+    params = {"pred_field": "pred", "gt_field": "gt", "eval_key": "op_failures", "complete_above": 0.4}
     result = foo.execute_operator("@samseg/samseg/detect_failures", {"dataset": dataset, "params": params})
     assert result.error is None
     assert dataset.first().op_failures_incomplete == 0  # 0.5 coverage passes a 0.4 threshold

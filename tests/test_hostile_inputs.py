@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
 def _build(entries):
     import fiftyone as fo
 
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
 
     ds = fo.Dataset()
     samples = []
@@ -195,7 +195,7 @@ def test_refinement_survives_hostile_inputs(corpus):
     def run(ds):
         return refine_with_sam(
             ds,
-            semantic_field="coarse",
+            baseline_field="coarse",
             sam=TINY_SAM,
             device="cpu",
             batch_size=2,
@@ -223,11 +223,11 @@ def test_engine_survives_hostile_inputs(corpus):
 
     def run(ds):
         return open_vocab_labels(
-            ds, masks="slic", mask_options={"n_segments": 4}, semantic_fields=["coarse"], semantic_models=(),
+            ds, masks="slic", mask_options={"n_segments": 4}, baseline_fields=["coarse"], semantic_models=(),
             device="cpu", min_area=1, **models,
         )  # fmt: skip
 
-    # semantic fields are optional close-set sources of the engine: only unreadable images fail (SAM's handling
+    # baseline fields are optional close-set sources of the engine: only unreadable images fail (SAM's handling
     # of hostile images is covered by the voting and refinement tests; superpixels keep this one fast)
     _check_stage(corpus, run, ["ssa_engine"], set(UNREADABLE))
 
@@ -246,9 +246,9 @@ def test_evaluate_iou_survives_hostile_inputs(corpus):
 @pytest.mark.slow
 def test_detect_failures_survives_hostile_inputs(corpus):
     _require("samseg_core.stages.evaluation")
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     def run(ds):
-        return detect_failures(ds, "coarse", gt_field="ground_truth")
+        return detect_failures(ds, "coarse", gt_field="ground_truth", eval_key="coarse_failures")
 
     _check_stage(corpus, run, ["coarse_failures"], BAD_FOR_LABEL_PAIRS)

@@ -8,91 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
 import pytest
 
-from samseg_core.labels import read_segmentation
-
-# fields FiftyOne itself updates on every write
-_VOLATILE = {"last_modified_at"}
-
-
-def _comparable(value):
-    if value is None:
-        return None
-    if type(value).__name__ in ("Segmentation", "Heatmap"):
-        array = read_segmentation(value) if type(value).__name__ == "Segmentation" else value.get_map()
-        return ("array", np.asarray(array).shape, np.asarray(array).tobytes())
-    if hasattr(value, "to_dict"):
-        return _plain(value.to_dict())
-    if isinstance(value, float) and np.isnan(value):
-        return "nan"
-    return _plain(value)
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items() if k != "_uuid"}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return ("array", value.shape, value.tobytes())
-    if isinstance(value, float) and np.isnan(value):
-        return "nan"  # nan != nan: an unchanged nan attribute must compare equal
-    return value
-
-
-def _field_type(field) -> tuple:
-    document = getattr(field, "document_type", None)
-    subfield = getattr(field, "field", None)
-    return (
-        type(field).__name__,
-        getattr(document, "__name__", None),
-        type(subfield).__name__ if subfield else None,
-    )
-
-
-def snapshot(dataset) -> dict:
-    """Everything a user could lose: field values, schema, mask targets, tags, saved views, info."""
-    dataset.reload()
-    schema = dataset.get_field_schema()
-    return {
-        "schema": {name: _field_type(field) for name, field in schema.items() if name not in _VOLATILE},
-        "fields": {
-            name: [_comparable(v) for v in dataset.values(name)] for name in schema if name not in _VOLATILE
-        },
-        "mask_targets": {f: dict(t) for f, t in dataset.mask_targets.items()},
-        "default_mask_targets": dict(dataset.default_mask_targets),
-        "sample_tags": dataset.count_sample_tags(),
-        "label_tags": dataset.count_label_tags(),
-        "saved_views": {
-            n: _plain(dataset.load_saved_view(n)._serialize()) for n in dataset.list_saved_views()
-        },
-        "info": _plain(dict(dataset.info)),
-        "classes": _plain(dict(dataset.classes)),
-    }
-
-
-def changes(before: dict, after: dict) -> dict[str, set[str]]:
-    """Returns what changed, by kind: existing fields whose values or type changed, mask-target fields whose
-    existing entries changed or vanished, and whether tags, saved views, info or classes changed."""
-    out: dict[str, set[str]] = {"fields": set(), "mask_targets": set(), "other": set()}
-    for name, values in before["fields"].items():
-        if after["fields"].get(name) != values or after["schema"].get(name) != before["schema"][name]:
-            out["fields"].add(name)
-    for name, targets in before["mask_targets"].items():
-        now = after["mask_targets"].get(name, {})
-        if any(now.get(k) != v for k, v in targets.items()):
-            out["mask_targets"].add(name)
-    for key in ("default_mask_targets", "sample_tags", "label_tags", "saved_views", "info", "classes"):
-        if before[key] != after[key]:
-            out["other"].add(key)
-    return out
-
-
-def new_fields(before: dict, after: dict) -> set[str]:
-    """Returns the fields that exist after but not before."""
-    return set(after["schema"]) - set(before["schema"])
+from samseg_core.testing.snapshots import changes, new_fields, snapshot
 
 
 @pytest.fixture
@@ -102,7 +20,7 @@ def curated(dataset, tmp_path):
     import fiftyone as fo
     from fiftyone import ViewField as F
 
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
 
     scenes = make_scenes(3, seed=0, size=(96, 112))
@@ -170,7 +88,7 @@ def _refinement(ds, models, overwrite=False):
 
     return refine_with_sam(
         ds,
-        semantic_field="coarse",
+        baseline_field="coarse",
         sam=TINY_SAM,
         device="cpu",
         instances_field="sam_regions",
@@ -182,7 +100,7 @@ def _engine(ds, models, overwrite=False):
     from samseg_core.stages.engine import open_vocab_labels
 
     return open_vocab_labels(
-        ds, masks="slic", mask_options={"n_segments": 4}, semantic_fields=["coarse"], semantic_models=(),
+        ds, masks="slic", mask_options={"n_segments": 4}, baseline_fields=["coarse"], semantic_models=(),
         device="cpu", min_area=1, clip=models["clip"], captioner=models["captioner"], clipseg=models["clipseg"],
         overwrite=overwrite,
     )  # fmt: skip
@@ -195,7 +113,7 @@ def _evaluate_iou(ds, models, overwrite=False):
 
 
 def _detect_failures(ds, models, overwrite=False):
-    from samseg_core.stages.evaluation import detect_failures
+    from samseg_core.stages.failure_modes import detect_failures
 
     return detect_failures(ds, "coarse", gt_field="ground_truth", overwrite=overwrite)
 
@@ -254,10 +172,11 @@ def test_overwrite_changes_only_the_stages_own_fields(curated, models, name):
 
 
 def _evaluated(curated):
-    from samseg_core.stages.evaluation import detect_failures, evaluate_iou
+    from samseg_core.stages.evaluation import evaluate_iou
+    from samseg_core.stages.failure_modes import detect_failures
 
     evaluate_iou(curated, "coarse", gt_field="ground_truth", eval_key="nd_iou")
-    detect_failures(curated, "coarse", gt_field="ground_truth")
+    detect_failures(curated, "coarse", gt_field="ground_truth", eval_key="coarse_failures")
     return curated
 
 
@@ -267,7 +186,7 @@ def test_relabel_queue_only_adds_its_own_tags_and_views(curated):
     dataset = _evaluated(curated)
     before = snapshot(dataset)
     build_relabel_queue(
-        dataset, eval_key="nd_iou", name="relabel", failures_field="coarse_failures", max_samples=2
+        dataset, eval_key="nd_iou", name="relabel", failures_key="coarse_failures", max_samples=2
     )
     after = snapshot(dataset)
 

@@ -10,6 +10,7 @@ import pytest
 from samseg_core import nouns
 from samseg_core.nouns import (
     clean_class_name,
+    merge_class_names,
     normalize_phrase,
     noun_phrases,
     noun_phrases_batch,
@@ -121,3 +122,11 @@ def test_requiring_spacy_without_it_raises(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy -> ImportError
     with pytest.raises(RuntimeError, match="spaCy"):
         noun_phrases("a dog", use_spacy=True)
+
+
+def test_a_name_with_commas_stays_one_class_name():
+    assert normalize_phrase("Windowpanes, Window") == "windowpane, window"
+    assert merge_class_names(["windowpane, window", "window", "windowpane,window"]) == [
+        "windowpane, window",
+        "window",
+    ]

@@ -14,7 +14,8 @@ def evaluated(dataset, tmp_path):
     import fiftyone as fo
 
     from samseg_core.stages.curation import build_relabel_queue
-    from samseg_core.stages.evaluation import detect_failures, evaluate_iou
+    from samseg_core.stages.evaluation import evaluate_iou
+    from samseg_core.stages.failure_modes import detect_failures
 
     gt = np.zeros((20, 40), np.uint8)
     gt[5:15, 5:15] = 1
@@ -34,7 +35,7 @@ def evaluated(dataset, tmp_path):
     dataset.save()
     evaluate_iou(dataset, "pred", "gt", eval_key="ev", compare_fields=["better"])
     detect_failures(dataset, "pred", "gt")
-    build_relabel_queue(dataset, eval_key="ev", failures_field="pred_failures")
+    build_relabel_queue(dataset, eval_key="ev", failures_key="samseg_failures")
     return dataset
 
 
@@ -63,7 +64,7 @@ def test_summary_failure_counts_and_queues(evaluated):
     summary = qa_summary(evaluated)
     assert summary["failures"] == [
         {
-            "key": "pred_failures",
+            "key": "samseg_failures",
             "pred_field": "pred",
             "counts": {"missing": 1, "incomplete": 0, "overlapping": 0, "ok": 3},
         }

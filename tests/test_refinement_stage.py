@@ -1,4 +1,4 @@
-"""refine_with_sam and prompt_study end to end on the real temporary database with a tiny random SAM.
+"""refine_with_sam end to end on the real temporary database with a tiny random SAM.
 
 Random weights: these tests check plumbing, bookkeeping and the no-harm gate, never refinement quality.
 """
@@ -10,16 +10,14 @@ import fiftyone.operators as foo
 import numpy as np
 import pytest
 
-from samseg_core import prompt_study, refine_with_sam
+from samseg_core import refine_with_sam
+from samseg_core.errors import StageParameterError
 from samseg_core.labels import read_segmentation
-from samseg_core.metrics import DatasetIoUAccumulator
 from samseg_core.sam_embedding import EmbeddingCache
-from samseg_core.stages.refinement import STUDY_CONFIGS, format_table
 from samseg_core.testing import tiny_sam
 
 TINY_SAM = "samseg_core.testing:tiny_sam"
 REFINE = "@samseg/samseg/refine_with_sam"
-STUDY = "@samseg/samseg/prompt_study"
 
 
 def _maps(samples, field):
@@ -32,7 +30,7 @@ def cache():
 
 
 def test_sdk_writes_refined_segmentations_with_the_baselines_mask_targets(scene_dataset, cache):
-    summary = refine_with_sam(scene_dataset, semantic_field="coarse", cache=cache, batch_size=2)
+    summary = refine_with_sam(scene_dataset, baseline_field="coarse", cache=cache, batch_size=2)
 
     assert (summary.processed, summary.failed) == (4, 0)
     assert summary.extra["encoder_calls"] == 4 and summary.extra["prompt_sets"] > 0
@@ -42,7 +40,7 @@ def test_sdk_writes_refined_segmentations_with_the_baselines_mask_targets(scene_
 
 
 def test_a_gate_no_candidate_can_pass_leaves_every_baseline_unchanged(scene_dataset, cache):
-    refine_with_sam(scene_dataset, semantic_field="coarse", cache=cache, gate=1.0, prompts=("box",))
+    refine_with_sam(scene_dataset, baseline_field="coarse", cache=cache, gate=1.0, prompts=("box",))
 
     for refined, coarse in zip(_maps(scene_dataset, "sam_refined"), _maps(scene_dataset, "coarse")):
         assert np.array_equal(refined, coarse)
@@ -50,7 +48,7 @@ def test_a_gate_no_candidate_can_pass_leaves_every_baseline_unchanged(scene_data
 
 def test_accepted_regions_are_written_as_detections_with_their_scores(scene_dataset, cache):
     summary = refine_with_sam(
-        scene_dataset, semantic_field="coarse", cache=cache, gate=0.0, instances_field="sam_regions"
+        scene_dataset, baseline_field="coarse", cache=cache, gate=0.0, instances_field="sam_regions"
     )
 
     detections = [d for dets in scene_dataset.values("sam_regions") for d in dets.detections]
@@ -63,9 +61,9 @@ def test_accepted_regions_are_written_as_detections_with_their_scores(scene_data
 
 
 def test_a_shared_cache_encodes_each_image_once_across_stages(scene_dataset, cache):
-    refine_with_sam(scene_dataset, semantic_field="coarse", label_field="a", cache=cache)
+    refine_with_sam(scene_dataset, baseline_field="coarse", label_field="a", cache=cache)
     second = refine_with_sam(
-        scene_dataset, semantic_field="coarse", label_field="b", cache=cache, prompts="mask"
+        scene_dataset, baseline_field="coarse", label_field="b", cache=cache, prompts="mask"
     )
 
     assert second.extra["encoder_calls"] == 0
@@ -78,7 +76,7 @@ def test_baseline_stored_at_another_resolution_is_refined_at_its_own_resolution(
     sample["coarse"] = fo.Segmentation(mask=small.astype(np.uint8))
     sample.save()
 
-    refine_with_sam(scene_dataset.limit(1), semantic_field="coarse", cache=cache)
+    refine_with_sam(scene_dataset.limit(1), baseline_field="coarse", cache=cache)
 
     assert read_segmentation(scene_dataset.first().sam_refined).shape == small.shape
 
@@ -88,21 +86,76 @@ def test_a_sample_without_baseline_gets_an_error_and_the_others_go_on(scene_data
     sample["coarse"] = None
     sample.save()
 
-    summary = refine_with_sam(scene_dataset, semantic_field="coarse", cache=cache)
+    summary = refine_with_sam(scene_dataset, baseline_field="coarse", cache=cache)
 
     assert (summary.processed, summary.failed) == (3, 1)
     assert "no 'coarse' segmentation" in scene_dataset.first()["sam_refined_error"]
 
 
+def test_the_old_name_semantic_field_still_works_with_a_future_warning(scene_dataset, cache):
+    with pytest.warns(FutureWarning, match="baseline_field"):
+        summary = refine_with_sam(scene_dataset.limit(1), semantic_field="coarse", cache=cache)
+
+    assert summary.processed == 1 and scene_dataset.count("sam_refined") == 1
+
+
+@pytest.mark.parametrize("prompts", [("box", "loose_box"), ()])
+def test_two_box_kinds_or_no_prompt_are_refused_before_anything_is_written(scene_dataset, cache, prompts):
+    with pytest.raises(StageParameterError) as err:
+        refine_with_sam(scene_dataset, baseline_field="coarse", cache=cache, prompts=prompts)
+
+    assert err.value.param == "prompts" and err.value.remedy
+    assert scene_dataset.get_field("sam_refined") is None and "sam_refined" not in scene_dataset.mask_targets
+    assert cache.encoder_calls == 0
+
+
+def test_prompts_given_as_text_are_split(scene_dataset, cache):
+    summary = refine_with_sam(
+        scene_dataset.limit(1), baseline_field="coarse", cache=cache, prompts="points+box"
+    )
+    same = refine_with_sam(
+        scene_dataset.limit(1),
+        baseline_field="coarse",
+        label_field="b",
+        cache=cache,
+        prompts=("points", "box"),
+    )
+
+    assert summary.extra["prompt_sets"] == same.extra["prompt_sets"] > 0
+    assert np.array_equal(*(read_segmentation(scene_dataset.first()[f]) for f in ("sam_refined", "b")))
+
+
+class _BatchFailsOnce(EmbeddingCache):
+    """Fails the first batch of several images, so the runner retries it sample by sample."""
+
+    failed = False
+
+    def get_many(self, keys, images):
+        if len(keys) > 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("transient batch failure")
+        return super().get_many(keys, images)
+
+
+def test_counts_of_a_batch_retried_sample_by_sample_are_not_doubled(scene_dataset, cache):
+    clean = refine_with_sam(scene_dataset, baseline_field="coarse", label_field="a", cache=cache, gate=0.0)
+    flaky = _BatchFailsOnce(cache.sam)
+    retried = refine_with_sam(
+        scene_dataset, baseline_field="coarse", label_field="b", cache=flaky, gate=0.0, batch_size=4
+    )
+
+    assert flaky.failed and (retried.processed, retried.failed) == (4, 0)
+    for key in ("prompt_sets", "accepted"):
+        assert retried.extra[key] == clean.extra[key]
+
+
 def test_operator_runs_through_execute_operator_with_a_model_spec(scene_dataset):
     params = {
-        "semantic_field": "coarse",
+        "baseline_field": "coarse",
         "label_field": "op_refined",
         "sam": TINY_SAM,
         "device": "cpu",
-        "prompt_points": False,
-        "prompt_box": False,
-        "prompt_loose_box": True,
+        "prompts": ["loose_box"],
         "loose_margin": 0.3,
         "granularity": "region",
     }
@@ -118,7 +171,7 @@ def test_delegated_refinement_is_queued_then_executed(scene_dataset):
 
     queued = foo.get_operator(REFINE)(
         scene_dataset,
-        semantic_field="coarse",
+        baseline_field="coarse",
         label_field="queued",
         sam=TINY_SAM,
         device="cpu",
@@ -135,48 +188,6 @@ def test_delegated_refinement_is_queued_then_executed(scene_dataset):
     assert scene_dataset.count("queued") == 4
 
 
-def test_prompt_study_writes_every_configuration_and_encodes_each_image_once(scene_dataset, cache):
-    view = scene_dataset.limit(2)
-
-    table = prompt_study(view, semantic_field="coarse", gt_field="ground_truth", cache=cache)
-
-    assert cache.encoder_calls == 2
-    assert [row["config"] for row in table.rows] == ["baseline", *STUDY_CONFIGS]
-    for name in STUDY_CONFIGS:
-        assert scene_dataset.count(f"study_{name}") == 2
-    assert table.num_images == 2
-
-
-def test_prompt_study_table_scores_match_the_metrics_module(scene_dataset, cache):
-    configs = {"box": STUDY_CONFIGS["box"], "gated": {"prompts": ("points", "box"), "gate": 0.5}}
-    table = prompt_study(
-        scene_dataset, configs, semantic_field="coarse", gt_field="ground_truth", cache=cache
-    )
-
-    for row in table.rows:
-        acc = DatasetIoUAccumulator(num_classes=6)
-        for gt, pred in zip(_maps(scene_dataset, "ground_truth"), _maps(scene_dataset, row["field"])):
-            acc.add(gt, pred)
-        assert row["miou"] == pytest.approx(acc.summed().miou)
-        assert row["mean_image_miou"] == pytest.approx(acc.mean_of_images())
-        assert row["delta_miou"] == pytest.approx(row["miou"] - table.rows[0]["miou"])
-    assert "gated" in format_table(table) and "box" in table.format_table()
-
-
-def test_prompt_study_operator_runs_the_chosen_configurations(scene_dataset):
-    result = foo.get_operator(STUDY)(
-        scene_dataset,
-        configs=["box", "points_box_gated"],
-        semantic_field="coarse",
-        sam=TINY_SAM,
-        device="cpu",
-    )
-
-    assert [row["config"] for row in result["rows"]] == ["baseline", "box", "points_box_gated"]
-    assert scene_dataset.count("study_box") == 4 and scene_dataset.get_field("study_single_point") is None
-    assert "points_box_gated" in result["table"]
-
-
 def _form(operator_uri, dataset, params):
     from fiftyone.operators.executor import ExecutionContext
 
@@ -184,13 +195,12 @@ def _form(operator_uri, dataset, params):
     return foo.get_operator(operator_uri).resolve_input(ctx).type.properties
 
 
-def test_refine_form_offers_prompt_checkboxes_and_the_margin_only_for_loose_boxes(scene_dataset):
+def test_refine_form_offers_the_prompt_types_and_marks_two_box_kinds_invalid(scene_dataset):
     plain = _form(REFINE, scene_dataset, {})
-    loose = _form(REFINE, scene_dataset, {"prompt_box": True, "prompt_loose_box": True})
+    both = _form(REFINE, scene_dataset, {"baseline_field": "coarse", "prompts": ["box", "loose_box"]})
 
-    assert {"prompt_point", "prompt_points", "prompt_box", "prompt_extreme_points", "prompt_mask"} <= set(
-        plain
-    )
-    assert "loose_margin" not in plain and "loose_margin" in loose
-    assert "box_conflict" in loose and "box_conflict" not in plain
-    assert "coarse" in plain["semantic_field"].type.values
+    choices = [choice.value for choice in plain["prompts"].view.choices]
+    assert choices == ["point", "points", "box", "loose_box", "extreme_points", "mask"]
+    assert plain["prompts"].default == ["points", "box"] and "loose_margin" in plain
+    assert "coarse" in plain["baseline_field"].type.values
+    assert both["prompts"].invalid and "loose_box" in both["prompts"].error_message

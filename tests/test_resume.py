@@ -110,6 +110,6 @@ def test_sigkilled_run_resumes_without_gaps_or_repeats(persistent_scenes, tmp_pa
         mask = read_segmentation(label)
         assert mask.shape == load_rgb(path).shape[:2] and mask.dtype == np.int32
         if to_png:
-            assert os.path.dirname(label.mask_path) == str(mask_dir)
+            assert os.path.dirname(label.mask_path) == str(mask_dir / "baseline")  # <mask_dir>/<field>/
     if to_png:
-        assert not list(mask_dir.glob("*.tmp.png"))  # no half-written PNG left behind
+        assert not list(mask_dir.rglob("*.tmp*"))  # no half-written PNG left behind

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from samseg_core.errors import FieldExistsError
+from samseg_core.label_types import FLOAT, INT, STRING
 from samseg_core.runner import (
-    FieldExistsError,
     SampleItem,
     describe_error,
     image_batches,
@@ -16,6 +17,16 @@ from samseg_core.runner import (
     process_with_fallback,
     run_stage,
 )
+from samseg_core.stages.options import OutputField, StageOptions
+from samseg_core.stages.plan import plan_stage
+from samseg_core.stages.run_options import RunOptions
+
+
+def _run(samples, outputs, process, **run_options):
+    """Plans a stage "t" writing ``outputs`` ({name: label type}, primary first) and runs ``process``."""
+    fields = [OutputField(name, label_type, "label_field") for name, label_type in outputs.items()]
+    plan = plan_stage("t", samples, StageOptions(), RunOptions(**run_options), outputs=fields)
+    return run_stage(plan, process=process)
 
 
 def _write_images(tmp_path, n, size=(6, 5)):
@@ -40,7 +51,7 @@ def _mean_of(items):
 
 
 def test_results_are_written_per_sample(image_dataset):
-    summary = run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of, batch_size=2)
+    summary = _run(image_dataset, {"mean": FLOAT}, _mean_of, batch_size=2)
     assert summary.processed == 5 and summary.failed == 0
     assert image_dataset.values("mean") == [i * 10.0 for i in range(5)]
 
@@ -84,7 +95,7 @@ def test_unreadable_image_gets_a_readable_error(image_dataset, tmp_path):
 
     (tmp_path / "broken.png").write_text("not an image")
     image_dataset.add_sample(fo.Sample(filepath=str(tmp_path / "broken.png")))
-    summary = run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of, batch_size=4)
+    summary = _run(image_dataset, {"mean": FLOAT}, _mean_of, batch_size=4)
     assert summary.processed == 5 and summary.failed == 1
     errors = [e for e in image_dataset.values("mean_error") if e]
     assert len(errors) == 1 and "broken.png" in errors[0] and errors[0].startswith("ImageLoadError")
@@ -95,33 +106,39 @@ def test_skip_failures_false_raises(image_dataset, tmp_path):
 
     image_dataset.add_sample(fo.Sample(filepath=str(tmp_path / "missing.png")))
     with pytest.raises(ValueError, match="does not exist"):
-        run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of, skip_failures=False)
+        _run(image_dataset, {"mean": FLOAT}, _mean_of, skip_failures=False)
 
 
 def test_existing_values_raise_without_overwrite(image_dataset):
     image_dataset.set_values("mean", [1.0] * 5)
     with pytest.raises(FieldExistsError, match="overwrite=True"):
-        run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of)
+        _run(image_dataset, {"mean": FLOAT}, _mean_of)
 
 
 def test_skip_existing_processes_only_samples_without_the_primary_field(image_dataset):
     first = image_dataset.first()
-    first["mean"] = -1.0
-    first.save()
+    _run(image_dataset.select(first.id), {"mean": FLOAT}, lambda items: [{"mean": -1.0} for _ in items])
     seen = []
 
     def process(items):
         seen.extend(item.id for item in items)
         return _mean_of(items)
 
-    summary = run_stage(image_dataset, stage="t", output_fields=["mean"], process=process, skip_existing=True)
+    summary = _run(image_dataset, {"mean": FLOAT}, process, skip_existing=True)
     assert summary.skipped == 1 and first.id not in seen and len(seen) == 4
     assert image_dataset.first()["mean"] == -1.0
 
 
+def test_skip_existing_refuses_a_user_field_it_would_mix_into(image_dataset):
+    image_dataset.set_values("mean", [-1.0] + [None] * 4)
+    with pytest.raises(FieldExistsError, match="did not write"):
+        _run(image_dataset, {"mean": FLOAT}, _mean_of, skip_existing=True)
+    assert image_dataset.values("mean") == [-1.0] + [None] * 4
+
+
 def test_overwrite_replaces_existing_values(image_dataset):
     image_dataset.set_values("mean", [-1.0] * 5)
-    run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of, overwrite=True)
+    _run(image_dataset, {"mean": FLOAT}, _mean_of, overwrite=True)
     assert image_dataset.values("mean") == [i * 10.0 for i in range(5)]
 
 
@@ -129,9 +146,9 @@ def test_error_is_cleared_when_a_sample_later_succeeds(image_dataset):
     def failing(items):
         return [ValueError("first run fails") for _ in items]
 
-    run_stage(image_dataset, stage="t", output_fields=["mean"], process=failing)
+    _run(image_dataset, {"mean": FLOAT}, failing)
     assert all(image_dataset.values("mean_error"))
-    run_stage(image_dataset, stage="t", output_fields=["mean"], process=_mean_of, skip_existing=True)
+    _run(image_dataset, {"mean": FLOAT}, _mean_of, skip_existing=True)
     assert image_dataset.values("mean_error") == [None] * 5
 
 
@@ -151,7 +168,7 @@ def test_primary_field_is_written_after_secondary_and_error_fields(image_dataset
     def process(items):
         return [{"primary": 1, "secondary": 2} for _ in items]
 
-    run_stage(image_dataset, stage="t", output_fields=["primary", "secondary"], process=process, batch_size=6)
+    _run(image_dataset, {"primary": INT, "secondary": INT}, process, batch_size=6)
     assert order == ["secondary", "primary_error", "primary"]
 
 
@@ -161,7 +178,7 @@ def test_a_result_too_large_for_the_database_becomes_that_samples_error(image_da
     def process(items):
         return [{"blob": "x" * (17 * 2**20) if item.id == big else item.id} for item in items]
 
-    summary = run_stage(image_dataset, stage="t", output_fields=["blob"], process=process, batch_size=5)
+    summary = _run(image_dataset, {"blob": STRING}, process, batch_size=5)
     assert summary.failed == 1 and summary.processed == 4
     assert "mask_dir" in summary.errors[big] and "16 MB" in summary.errors[big]
     ids, blobs = image_dataset.values(["id", "blob"])
@@ -173,24 +190,18 @@ def test_input_fields_reach_the_stage(image_dataset):
     image_dataset.set_values("hint", [f"h{i}" for i in range(5)])
 
     def process(items):
-        return [{"echo": item.inputs["hint"] + "|" + str(item.inputs["absent"])} for item in items]
+        return [{"echo": item.inputs["hint"] + "|"} for item in items]
 
-    run_stage(
-        image_dataset, stage="t", output_fields=["echo"], process=process, input_fields=["hint", "absent"]
-    )
-    assert image_dataset.values("echo") == [f"h{i}|None" for i in range(5)]
+    fields = [OutputField("echo", STRING, "label_field")]
+    plan = plan_stage("t", image_dataset, StageOptions(), RunOptions(), outputs=fields)
+    plan.inputs = ["hint"]
+    run_stage(plan, process=process)
+    assert image_dataset.values("echo") == [f"h{i}|" for i in range(5)]
 
 
 def test_progress_callback_reaches_one(image_dataset):
     fractions = []
-    run_stage(
-        image_dataset,
-        stage="t",
-        output_fields=["mean"],
-        process=_mean_of,
-        batch_size=2,
-        progress=fractions.append,
-    )
+    _run(image_dataset, {"mean": FLOAT}, _mean_of, batch_size=2, progress=fractions.append)
     assert fractions == pytest.approx([0.4, 0.8, 1.0])
 
 

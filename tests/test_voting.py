@@ -92,6 +92,26 @@ def test_large_sparse_class_ids_are_voted_like_small_ones():
     assert set(np.unique(fast.semantic)) <= {7, 255, 60000}
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("mode", ["plurality", "no_harm"])
+def test_ignored_pixels_cast_no_vote_as_in_the_reference(seed, mode):
+    masks, baseline = random_case(seed, classes=4, smooth=seed % 2 == 1)
+    baseline = np.where(baseline == 3, 255, baseline)  # a quarter of the pixels are "no class"
+    baseline[:, :5] = 255  # and some masks lie entirely in it
+    confidence = np.random.default_rng(seed).random(baseline.shape)
+
+    fast = vote_masks(masks, baseline, mode=mode, min_vote_share=0.4, confidence=confidence, ignore_index=255)
+    slow = vote_per_mask_reference(
+        masks, baseline, mode=mode, min_vote_share=0.4, confidence=confidence, ignore_index=255
+    )
+
+    assert_same_result(fast, slow)
+    assert 255 not in fast.mask_classes and 255 not in fast.topk_classes
+    assert (baseline[fast.semantic == 255] == 255).all()  # 255 only stays, never spreads
+    with_ignore_as_class = vote_masks(masks, baseline, mode=mode, min_vote_share=0.4, confidence=confidence)
+    assert 255 in with_ignore_as_class.mask_classes  # without ignore_index the test would see the defect
+
+
 def test_coco_rle_input_gives_the_dense_result():
     masks, baseline = random_case(7)
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from samseg_core import semantic_voting
+from samseg_core.errors import FieldExistsError
 from samseg_core.labels import masks_from_detections, read_segmentation
-from samseg_core.runner import FieldExistsError
 from samseg_core.ssa_format import read_ssa_json
 from samseg_core.testing import tiny_sam
 from samseg_core.voting import vote_masks
@@ -17,14 +17,14 @@ from samseg_core.voting import vote_masks
 OPERATOR = "@samseg/samseg/semantic_voting"
 TINY_SAM = "samseg_core.testing:tiny_sam"
 # with random weights SAM keeps no mask unless the quality thresholds are 0
-RANDOM_SAM = dict(preset=None, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+RANDOM_SAM = dict(amg_preset="default", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 @pytest.fixture
 def scene_dataset(dataset, tmp_path):
     """4 synthetic scenes with ``ground_truth`` and a degraded ``coarse`` baseline (conftest's fixture of that
     name sets ``dataset.scenes``, which FiftyOne refuses; the scenes are kept here as ``scenes`` instead)."""
-    from samseg_core.labels import merge_mask_targets
+    from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
 
     scenes = make_scenes(4, seed=0)
@@ -67,7 +67,7 @@ def stored_vote(sample):
 
 
 def test_stored_detections_source_writes_the_voted_segmentation_and_detections(masked_dataset):
-    summary = semantic_voting(masked_dataset, semantic_field="coarse", masks="field:gt_masks")
+    summary = semantic_voting(masked_dataset, baseline_field="coarse", masks="field:gt_masks")
 
     assert (summary.processed, summary.failed) == (4, 0)
     assert summary.extra["mask_source"] == "field:gt_masks"
@@ -86,7 +86,7 @@ def test_stored_detections_source_writes_the_voted_segmentation_and_detections(m
 def test_tiny_sam_run_writes_masks_with_sam_scores(scene_dataset):
     view = scene_dataset[0].limit(2)
 
-    summary = semantic_voting(view, semantic_field="coarse", sam=tiny_sam(), device="cpu", **RANDOM_SAM)
+    summary = semantic_voting(view, baseline_field="coarse", sam=tiny_sam(), device="cpu", **RANDOM_SAM)
 
     assert (summary.processed, summary.failed) == (2, 0) and summary.extra["masks"] > 0
     sample = view.first()
@@ -98,7 +98,9 @@ def test_tiny_sam_run_writes_masks_with_sam_scores(scene_dataset):
 def test_superpixel_source_needs_no_weights(scene_dataset):
     dataset, _ = scene_dataset
 
-    summary = semantic_voting(dataset.limit(1), semantic_field="coarse", masks="slic", n_segments=40)
+    summary = semantic_voting(
+        dataset.limit(1), baseline_field="coarse", masks="slic", mask_options={"n_segments": 40}
+    )
 
     assert summary.extra["mask_source"] == "slic" and summary.extra["masks"] > 10
     assert dataset.count("ssa_masks.detections") == summary.extra["masks"]
@@ -106,7 +108,7 @@ def test_superpixel_source_needs_no_weights(scene_dataset):
 
 def test_no_harm_mode_records_which_masks_were_accepted(masked_dataset):
     semantic_voting(
-        masked_dataset, semantic_field="coarse", masks="gt_masks", mode="no_harm", min_vote_share=0.99
+        masked_dataset, baseline_field="coarse", masks="field:gt_masks", mode="no_harm", min_vote_share=0.99
     )
 
     sample = masked_dataset.first()
@@ -122,7 +124,7 @@ def test_semantic_model_replaces_the_stored_baseline(masked_dataset, tmp_path):
     model_dir = save_tiny_segformer(tmp_path / "segformer", id2label)
 
     summary = semantic_voting(
-        masked_dataset, masks="gt_masks", semantic_model=str(model_dir), mode="no_harm", device="cpu"
+        masked_dataset, masks="field:gt_masks", semantic_model=str(model_dir), mode="no_harm", device="cpu"
     )
 
     assert summary.processed == 4 and masked_dataset.mask_targets["ssa"] == id2label
@@ -131,7 +133,9 @@ def test_semantic_model_replaces_the_stored_baseline(masked_dataset, tmp_path):
 
 
 def test_json_dir_gets_one_ssa_file_per_sample(masked_dataset, tmp_path):
-    semantic_voting(masked_dataset, semantic_field="coarse", masks="gt_masks", json_dir=tmp_path / "json")
+    semantic_voting(
+        masked_dataset, baseline_field="coarse", masks="field:gt_masks", json_dir=tmp_path / "json"
+    )
 
     sample = masked_dataset.first()
     record = read_ssa_json(tmp_path / "json" / f"{sample.id}.json")
@@ -140,37 +144,43 @@ def test_json_dir_gets_one_ssa_file_per_sample(masked_dataset, tmp_path):
 
 
 def test_skip_existing_resumes_an_interrupted_run(masked_dataset):
-    semantic_voting(masked_dataset.limit(2), semantic_field="coarse", masks="gt_masks")
+    semantic_voting(masked_dataset.limit(2), baseline_field="coarse", masks="field:gt_masks")
 
-    resumed = semantic_voting(masked_dataset, semantic_field="coarse", masks="gt_masks", skip_existing=True)
+    resumed = semantic_voting(
+        masked_dataset, baseline_field="coarse", masks="field:gt_masks", skip_existing=True
+    )
 
     assert (resumed.processed, resumed.skipped) == (2, 2)
     assert masked_dataset.count("ssa") == 4
 
 
 def test_existing_results_are_not_clobbered_without_overwrite(masked_dataset):
-    semantic_voting(masked_dataset, semantic_field="coarse", masks="gt_masks")
+    semantic_voting(masked_dataset, baseline_field="coarse", masks="field:gt_masks")
     masked_dataset.set_values("ssa_masks", [None] * 4)
 
     with pytest.raises(FieldExistsError, match="overwrite=True"):
-        semantic_voting(masked_dataset, semantic_field="coarse", masks="gt_masks")
-    replaced = semantic_voting(masked_dataset, semantic_field="coarse", masks="gt_masks", overwrite=True)
+        semantic_voting(masked_dataset, baseline_field="coarse", masks="field:gt_masks")
+    replaced = semantic_voting(
+        masked_dataset, baseline_field="coarse", masks="field:gt_masks", overwrite=True
+    )
 
     assert replaced.processed == 4 and masked_dataset.count("ssa_masks") == 4
 
 
 def test_missing_inputs_are_named(masked_dataset):
     with pytest.raises(ValueError, match="no field 'baseline'"):
-        semantic_voting(masked_dataset, masks="gt_masks")
-    with pytest.raises(ValueError, match="not a Detections field"):
-        semantic_voting(masked_dataset, semantic_field="coarse", masks="field:ground_truth")
+        semantic_voting(masked_dataset, masks="field:gt_masks")
+    with pytest.raises(ValueError, match="masks='field:gt_masks'"):
+        semantic_voting(masked_dataset, baseline_field="coarse", masks="gt_masks")
+    with pytest.raises(ValueError, match="not Detections"):
+        semantic_voting(masked_dataset, baseline_field="coarse", masks="field:ground_truth")
     assert masked_dataset.get_field("ssa") is None
 
 
 def test_operator_runs_immediately_through_execute_operator(scene_dataset):
     dataset, _ = scene_dataset
-    params = dict(semantic_field="coarse", masks="sam", sam=TINY_SAM, device="cpu", label_field="op_ssa",
-                  instances_field="op_masks", preset="none", points_per_side=4, pred_iou_thresh=0.0,
+    params = dict(baseline_field="coarse", masks="sam", sam=TINY_SAM, device="cpu", label_field="op_ssa",
+                  instances_field="op_masks", amg_preset="default", points_per_side=4, pred_iou_thresh=0.0,
                   stability_score_thresh=0.0)  # fmt: skip
 
     result = foo.execute_operator(OPERATOR, {"view": dataset.limit(1).view(), "params": params})
@@ -183,23 +193,26 @@ def test_form_offers_stored_masks_and_the_presets_settings(masked_dataset):
     from types import SimpleNamespace
 
     operator = foo.get_operator(OPERATOR)
-    ctx = SimpleNamespace(
-        params={"preset": "fast"}, dataset=masked_dataset, target_view=lambda: masked_dataset
-    )
 
-    form = operator.resolve_input(ctx).type.to_json()["properties"]
+    def form(params):
+        ctx = SimpleNamespace(params=params, dataset=masked_dataset, target_view=lambda: masked_dataset)
+        return operator.resolve_input(ctx).type.to_json()["properties"]
 
-    sources = form["masks"]["type"]["values"]
-    assert "field:gt_masks" in sources and "sam" in sources
-    assert form["points_per_side"]["default"] == 32 and form["crop_n_layers"]["default"] == 0
-    assert form["semantic_field"]["default"] in {"coarse", "ground_truth"}
+    stored = form({"masks": "field"})
+    assert stored["masks_field"]["type"]["values"] == ["", "gt_masks"]  # Detections fields only
+    assert set(stored["baseline_field"]["type"]["values"]) >= {"coarse", "ground_truth"}
+    assert "gt_masks" not in stored["baseline_field"]["type"]["values"]
+    assert "amg_preset" not in stored  # SAM's settings only show for masks="sam"
+    sam = form({"masks": "sam"})
+    assert set(sam["amg_preset"]["type"]["values"]) == {"ssa", "fast", "default"}
+    assert sam["points_per_side"]["default"] is None  # empty: the preset's
 
 
 def test_operator_call_forwards_to_the_sdk(masked_dataset):
     operator = foo.get_operator(OPERATOR)
 
     result = operator(
-        masked_dataset.limit(2), semantic_field="coarse", masks="field:gt_masks", label_field="called"
+        masked_dataset.limit(2), baseline_field="coarse", masks="field:gt_masks", label_field="called"
     )
 
     assert result["processed"] == 2 and masked_dataset.count("called") == 2
@@ -210,7 +223,7 @@ def test_delegated_operation_is_queued_then_executed(masked_dataset):
     from fiftyone.operators.executor import ExecutionRunState
 
     queued = foo.get_operator(OPERATOR)(
-        masked_dataset, semantic_field="coarse", masks="field:gt_masks", label_field="queued", delegate=True
+        masked_dataset, baseline_field="coarse", masks="field:gt_masks", label_field="queued", delegate=True
     )
     service = DelegatedOperationService()
     doc = service.get(queued.result["id"])

@@ -10,70 +10,142 @@ the queue did not create is never touched unless ``overwrite=True``.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from samseg_core.errors import FieldExistsError, StageParameterError
 from samseg_core.failures import FAILURE_MODES
+from samseg_core.runner import RunSummary
+from samseg_core.stages.eval_runs import AGREEMENT, FAILURES, IOU
+from samseg_core.stages.options import StageOptions, input_run, option, queue_name
+from samseg_core.stages.registry import StageSpec, stage
+from samseg_core.stages.run_options import RunOptions
 
 INFO_KEY = "samseg_queues"
+FailureMode = Literal["missing", "incomplete", "overlapping"]
 
 
 @dataclass
-class RelabelQueue:
-    """What :func:`build_relabel_queue` did."""
+class RelabelQueue(RunSummary):
+    """What :func:`build_relabel_queue` did: a RunSummary (``processed`` = samples queued) plus the queue."""
 
-    name: str
-    sample_ids: list[str]
-    views: list[str]
+    name: str = ""
+    sample_ids: list[str] = field(default_factory=list)
+    views: list[str] = field(default_factory=list)
     tagged_labels: int = 0
     added: int = 0
     removed: int = 0
     anno_key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (without the full id list)."""
-        out = asdict(self)
-        out["samples"] = len(out.pop("sample_ids"))
-        out.update(out.pop("extra"))
-        return out
+        return {
+            **super().to_dict(),
+            "name": self.name,
+            "samples": len(self.sample_ids),
+            "views": list(self.views),
+            "tagged_labels": self.tagged_labels,
+            "added": self.added,
+            "removed": self.removed,
+            "anno_key": self.anno_key,
+        }
+
+
+@dataclass(frozen=True)
+class RelabelQueueOptions(StageOptions):
+    """Options of :func:`build_relabel_queue`."""
+
+    eval_key: str | None = input_run(
+        "samseg_iou", (IOU, AGREEMENT), "IoU or agreement run whose per-sample mIoU ranks the queue (worst first)",
+        label="Rank by evaluation",
+    )  # fmt: skip
+    name: str = queue_name(
+        "relabel", "Queue name: the sample and label tag, and saved views name and name-<mode>"
+    )
+    failures_key: str | None = input_run(
+        None, (FAILURES,), "A detect_failures run: samples with failures of the chosen modes are queued",
+        label="Failure run",
+    )  # fmt: skip
+    modes: tuple[FailureMode, ...] = option(
+        FAILURE_MODES, "Failure modes that queue a sample and whose labels get tagged", label="Failure modes"
+    )
+    max_samples: int | None = option(None, "Keep at most this many samples (the worst)", ge=1)
+    miou_below: float | None = option(None, "Queue samples whose mIoU is below this", ge=0.0, le=1.0)
+    backend: str | None = option(
+        None, "Annotation backend configured in FiftyOne (cvat, labelstudio, ...): send the queue to annotators",
+        label="Annotation backend (optional)",
+    )  # fmt: skip
+    anno_key: str | None = option(
+        None, "Annotation run key (default <name>_<timestamp>)", label="Annotation key"
+    )
+    annotation_field: str | None = option(
+        None, "Field annotators correct (default: the evaluation's ground truth)", label="Field to correct"
+    )
+    annotate_kwargs: Mapping[str, Any] | None = option(
+        None, "Further arguments of FiftyOne's annotate() (label_schema, classes, ...)", python_only=True
+    )
+
+    def check(self, samples: Any) -> None:
+        if self.eval_key is None and self.failures_key is None:
+            raise StageParameterError(
+                "eval_key", "no evaluation and no failure run given", "pass eval_key or failures_key"
+            )
+        if self.backend is not None:
+            _check_backend(samples, self)
+
+
+RELABEL_QUEUE = StageSpec(
+    name="build_relabel_queue",
+    label="build relabel queue",
+    description="Tag worst samples and failure labels, save views, optionally send to CVAT / Label Studio",
+    options=RelabelQueueOptions,
+    positional=("eval_key", "name"),
+    aliases={"failures_field": "failures_key", "label_field": "annotation_field"},
+    plans_outputs=True,
+)
 
 
 def queue_records(samples: Any) -> dict[str, dict[str, Any]]:
-    """The relabel queues recorded on the dataset: name -> record."""
-    return dict((samples._dataset.info or {}).get(INFO_KEY) or {})
+    """The relabel queues recorded on the dataset: name -> record (read from the database)."""
+    dataset = samples._dataset
+    doc = _datasets(dataset).find_one({"_id": dataset._doc.id}, {f"info.{INFO_KEY}": 1}) or {}
+    return dict((doc.get("info") or {}).get(INFO_KEY) or {})
+
+
+def _datasets(dataset: Any) -> Any:
+    import fiftyone.core.odm as foo
+
+    return foo.get_db_conn().datasets
 
 
 def _save_record(dataset: Any, name: str, record: dict[str, Any] | None) -> None:
-    info = dict(dataset.info or {})
-    queues = dict(info.get(INFO_KEY) or {})
-    if record is None:
-        queues.pop(name, None)
-    else:
-        queues[name] = record
-    info[INFO_KEY] = queues
-    dataset.info = info
-    dataset.save()
+    """Sets (or removes) this queue's record only: other queues' records and the rest of ``info`` are never
+    rewritten from this process's copy."""
+    key = f"info.{INFO_KEY}.{name}"
+    update = {"$unset": {key: ""}} if record is None else {"$set": {key: record}}
+    _datasets(dataset).update_one({"_id": dataset._doc.id}, update)
+    dataset.reload()
+
+
+def _check_backend(samples: Any, options: RelabelQueueOptions) -> None:
+    import fiftyone as fo
+
+    backends = sorted(fo.annotation_config.backends)
+    if options.backend not in backends:
+        raise StageParameterError(
+            "backend", f"'{options.backend}' is not a configured annotation backend", f"use one of {backends}"
+        )
+    if options.anno_key and options.anno_key in samples._dataset.list_annotation_runs():
+        raise FieldExistsError(
+            "anno_key", f"annotation run '{options.anno_key}' already exists", "choose another key"
+        )
 
 
 def view_name(name: str, mode: str | None = None) -> str:
     """Saved-view name of a queue (``name``) or of one of its failure modes (``name-<mode>``)."""
     return name if mode is None else f"{name}-{mode}"
-
-
-def _miou_field(dataset: Any, eval_key: str | None) -> str | None:
-    if not eval_key:
-        return None
-    from samseg_core.stages.eval_runs import method_of
-
-    if eval_key not in dataset.list_runs(method=method_of("iou")) + dataset.list_runs(
-        method=method_of("agreement")
-    ):
-        raise ValueError(
-            f"'{eval_key}' is not a samseg evaluation run on this dataset; run evaluate_iou first"
-        )
-    return f"{eval_key}_miou"
 
 
 def _check_ownership(
@@ -96,9 +168,10 @@ def _check_ownership(
         if fields and name in dataset.count_label_tags(label_fields=fields):
             problems.append(f"label tag '{name}'")
     if problems:
-        raise ValueError(
-            f"{' and '.join(problems)} already exist and were not created by relabel queue '{name}'; "
-            "choose another name or pass overwrite=True to take them over"
+        raise FieldExistsError(
+            "name",
+            f"{' and '.join(problems)} already exist and were not created by relabel queue '{name}'",
+            "choose another name, or pass overwrite=True to take them over",
         )
 
 
@@ -155,92 +228,79 @@ def _sorted_view(view: Any, miou_field: str | None, failures_field: str | None, 
     return view
 
 
-def build_relabel_queue(
-    samples: Any,
-    eval_key: str | None = "samseg_iou",
-    name: str = "relabel",
-    *,
-    max_samples: int | None = None,
-    miou_below: float | None = None,
-    modes: Sequence[str] = FAILURE_MODES,
-    failures_field: str | None = None,
-    overwrite: bool = False,
-    backend: str | None = None,
-    anno_key: str | None = None,
-    **annotate_kwargs: Any,
-) -> RelabelQueue:
-    """Builds (or updates) relabeling queue ``name`` from an IoU evaluation and/or failure labels.
+@stage(RELABEL_QUEUE)
+def build_relabel_queue(samples: Any, options: RelabelQueueOptions, run: RunOptions) -> RelabelQueue:
+    """Builds (or updates) relabeling queue ``name`` from an IoU or agreement run and/or a failure run.
 
-    Args:
-        samples: a dataset or view; only its samples can enter the queue (tags left on other samples by an
-            earlier run of the same queue are removed).
-        eval_key: a samseg IoU (or agreement) run; its ``<eval_key>_miou`` ranks the queue. None to rank by
-            failures only.
-        name: queue name: sample tag, label tag and saved-view name (views ``name`` and ``name-<mode>``).
-        max_samples: keep at most this many samples (the worst).
-        miou_below: queue samples whose mIoU is below this.
-        modes: failure modes that queue a sample and whose labels get tagged.
-        failures_field: a ``detect_failures`` output field (``fo.Detections`` with ``failure_mode``).
-        overwrite: take over a tag / saved views of this name that the queue did not create.
-        backend: annotation backend (e.g. ``"cvat"``, ``"labelstudio"``, configured by the user); with it or
-            ``anno_key``, the queue view is sent through ``annotate()``.
-        anno_key: annotation run key (default ``<name>_<timestamp>``).
-        **annotate_kwargs: passed to ``annotate()``; ``label_field`` defaults to the evaluation's ground truth.
+    Only the samples of ``samples`` can enter the queue (tags left on other samples by an earlier run of the same
+    queue are removed). A tag or saved view of that name that the queue did not create is refused unless
+    ``overwrite=True``; with ``backend`` the queue view is sent through FiftyOne's ``annotate()``.
 
     Returns:
-        a :class:`RelabelQueue`.
+        a :class:`RelabelQueue` (``processed``: samples queued).
     """
+    started = time.monotonic()
     dataset = samples._dataset
-    modes = [m for m in modes if m in FAILURE_MODES]
-    miou_field = _miou_field(dataset, eval_key)
-    if miou_field is None and failures_field is None:
-        raise ValueError("build_relabel_queue needs an eval_key or a failures_field")
-    if failures_field and dataset.get_field(failures_field) is None:
-        raise ValueError(f"no field '{failures_field}' on the dataset; run detect_failures first")
-    record = queue_records(dataset).get(name)
+    miou_field = f"{options.eval_key}_miou" if options.eval_key else None
+    failures_field = options.failures_key
+    modes = list(options.modes)
+    record = queue_records(dataset).get(options.name)
     label_fields = sorted(
         {*([failures_field] if failures_field else []), *(record or {}).get("label_fields", [])}
     )
-    if not overwrite:
-        _check_ownership(dataset, name, record, label_fields)
+    if not run.overwrite:
+        _check_ownership(dataset, options.name, record, label_fields)
 
     ids = select_queue(
-        samples, miou_field, failures_field, modes, miou_below=miou_below, max_samples=max_samples
+        samples,
+        miou_field,
+        failures_field,
+        modes,
+        miou_below=options.miou_below,
+        max_samples=options.max_samples,
     )
-    previous = set(dataset.match_tags(name).values("id"))
+    previous = set(dataset.match_tags(options.name).values("id"))
     leaving = previous - set(ids)
     if leaving:
-        dataset.select(list(leaving)).untag_samples(name)
+        dataset.select(list(leaving)).untag_samples(options.name)
     if ids:
-        dataset.select(ids).tag_samples(name)  # $addToSet: never duplicates
-
-    tagged_labels = _retag_labels(dataset, name, ids, label_fields, failures_field, modes)
-    views = _save_views(dataset, name, record, miou_field, failures_field, modes)
+        dataset.select(ids).tag_samples(options.name)  # $addToSet: never duplicates
+    tagged_labels = _retag_labels(dataset, options.name, ids, label_fields, failures_field, modes)
+    views = _save_views(dataset, options.name, record, miou_field, failures_field, modes)
 
     queue = RelabelQueue(
-        name=name,
-        sample_ids=ids,
-        views=views,
-        tagged_labels=tagged_labels,
-        added=len(set(ids) - previous),
-        removed=len(leaving),
-    )
-    new_record = {
-        "tag": name,
+        stage=RELABEL_QUEUE.name, label_field=options.name, processed=len(ids), skipped=len(samples) - len(ids),
+        name=options.name, sample_ids=ids, views=views, tagged_labels=tagged_labels,
+        added=len(set(ids) - previous), removed=len(leaving),
+    )  # fmt: skip
+    anno_keys = list((record or {}).get("anno_keys", []))
+    if options.backend:
+        queue.anno_key = _send_to_annotation(dataset, options)
+        anno_keys.append(queue.anno_key)
+    _save_record(dataset, options.name, _record(options, views, failures_field, modes, ids, anno_keys))
+    queue.seconds = time.monotonic() - started
+    return queue
+
+
+def _record(
+    options: RelabelQueueOptions,
+    views: list[str],
+    failures_field: str | None,
+    modes: list[str],
+    ids: list[str],
+    anno_keys: list[str],
+) -> dict[str, Any]:
+    return {
+        "tag": options.name,
         "views": views,
         "label_fields": [failures_field] if failures_field else [],
-        "eval_key": eval_key,
-        "failures_field": failures_field,
-        "modes": list(modes),
+        "eval_key": options.eval_key,
+        "failures_key": failures_field,
+        "modes": modes,
         "samples": len(ids),
-        "anno_keys": list((record or {}).get("anno_keys", [])),
+        "anno_keys": anno_keys,
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if backend or anno_key:
-        queue.anno_key = _send_to_annotation(dataset, name, eval_key, backend, anno_key, annotate_kwargs)
-        new_record["anno_keys"] = [*new_record["anno_keys"], queue.anno_key]
-    _save_record(dataset, name, new_record)
-    return queue
 
 
 def _retag_labels(
@@ -289,27 +349,22 @@ def _save_views(
     return list(wanted)
 
 
-def _send_to_annotation(
-    dataset: Any,
-    name: str,
-    eval_key: str | None,
-    backend: str | None,
-    anno_key: str | None,
-    annotate_kwargs: dict[str, Any],
-) -> str:
-    """Sends the queue view to an annotation backend through FiftyOne's ``annotate()``; returns the key."""
-    kwargs = dict(annotate_kwargs)
+def _send_to_annotation(dataset: Any, options: RelabelQueueOptions) -> str:
+    """Sends the queue view to the annotation backend through FiftyOne's ``annotate()``; returns the key."""
+    kwargs = dict(options.annotate_kwargs or {})
+    if options.annotation_field:
+        kwargs["label_field"] = options.annotation_field
     if "label_field" not in kwargs and "label_schema" not in kwargs:
         gt_field = None
-        if eval_key:
-            config = dataset.get_run_info(eval_key).config
-            gt_field = getattr(config, "gt_field", None) or getattr(config, "field_a", None)
+        if options.eval_key:
+            config = dataset.get_run_info(options.eval_key).config
+            gt_field = getattr(config, "gt_field", None) or getattr(config, "baseline_field", None)
         if not gt_field:
-            raise ValueError("pass label_field=... (the field annotators correct)")
+            raise StageParameterError("annotation_field", "no field to correct", "pass annotation_field=...")
         kwargs["label_field"] = gt_field
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
-    anno_key = anno_key or f"{name.replace('-', '_')}_{stamp}"
-    dataset.load_saved_view(view_name(name)).annotate(anno_key, backend=backend, **kwargs)
+    anno_key = options.anno_key or f"{options.name.replace('-', '_')}_{stamp}"
+    dataset.load_saved_view(view_name(options.name)).annotate(anno_key, backend=options.backend, **kwargs)
     return anno_key
 
 

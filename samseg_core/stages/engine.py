@@ -3,44 +3,153 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 
-from samseg_core.engine import (
-    MaskLabel,
-    OpenVocabEngine,
-    SemanticBranch,
-    assign_class_ids,
-    engine_preset,
-    paint_class_map,
-)
-from samseg_core.labels import (
-    detections_from_masks,
-    mask_targets_of,
-    merge_mask_targets,
-    read_segmentation,
-    segmentation_from_array,
-)
+from samseg_core.engine import MaskLabel, OpenVocabEngine, SemanticBranch, engine_preset, paint_class_map
+from samseg_core.errors import StageParameterError
+from samseg_core.labels import detections_from_masks, mask_targets_of, read_segmentation
+from samseg_core.mask_targets import claim_class_ids
 from samseg_core.masks import resize_mask_nearest
-from samseg_core.models.caption import load_captioner
-from samseg_core.models.clip import load_clip
-from samseg_core.models.clipseg import load_clipseg
-from samseg_core.models.factory import build_from_spec, is_factory_spec
-from samseg_core.runner import ProgressArg, RunSummary, SampleItem, StageResult, run_stage
+from samseg_core.models.resolve import CAPTIONER, CLIP, CLIPSEG, SEMANTIC, resolve_model
+from samseg_core.nouns import merge_class_names
+from samseg_core.runner import STATS, RunSummary, SampleItem, StageResult, run_stage
+from samseg_core.stages.options import DETECTIONS, SEGMENTATION, input_field, option, output_field
+from samseg_core.stages.plan import StagePlan
+from samseg_core.stages.registry import StageSpec, stage
+from samseg_core.stages.sam_options import MaskSourceOptions, mask_source_for
 
 DEFAULT_LABEL_FIELD = "ssa_engine"
+#: Class name of pixels of the merged segmentation no labelled mask covers.
+UNLABELED = "unlabeled"
 
 
-def _built(model: Any) -> Any:
-    """A ``module:function`` spec becomes what the function returns; anything else is passed through."""
-    return build_from_spec(model) if is_factory_spec(model) else model
+@dataclass(frozen=True)
+class EngineOptions(MaskSourceOptions):
+    """Options of :func:`open_vocab_labels`."""
+
+    label_field: str = output_field(
+        DEFAULT_LABEL_FIELD, DETECTIONS, "Output Detections: one per mask, label = class name, confidence = "
+        "CLIPSeg score, with class_proposals, proposal_scores, caption, area, skipped_reason",
+        label="Output detections field",
+    )  # fmt: skip
+    segmentation_field: str | None = output_field(
+        None, SEGMENTATION, "Optional merged segmentation of the labelled masks (smaller on top); a class keeps "
+        "its id across samples, runs and shards", label="Merged segmentation field (optional)",
+    )  # fmt: skip
+    baseline_fields: tuple[str, ...] = input_field(
+        (), SEGMENTATION, "Stored segmentation fields used as close-set branches (with their mask targets)",
+        required=False, label="Close-set segmentation fields",
+    )  # fmt: skip
+    semantic_models: tuple[str, ...] | None = option(
+        None, "Segmenters run on the fly as close-set branches (hub ids, directories, module:function specs); "
+        "unset: the preset's when no baseline fields are given; empty: none", label="Close-set segmenters",
+    )  # fmt: skip
+    segmenters: tuple[Any, ...] = option(
+        (), "Built segmenters run as close-set branches too (built models given as semantic_models land here)",
+        python_only=True,
+    )  # fmt: skip
+    model_preset: Literal["light", "full"] = option(
+        "light", "Default models: light (CLIP ViT-B/32, BLIP base) or full (SSA's: CLIP ViT-L/14, BLIP large, "
+        "OneFormer COCO + ADE20K); CLIPSeg rd64-refined in both", label="Model preset",
+    )  # fmt: skip
+    clip: Any = option(
+        None, "CLIP: an open_clip name, a directory with open_clip_config.json, a module:function spec or a "
+        "built model (empty: the preset's)", label="CLIP model (optional)",
+    )  # fmt: skip
+    clip_pretrained: str | None = option(
+        None, "Pretrained tag or checkpoint file of a CLIP name (empty: the preset's, else openai)",
+        label="CLIP weights (optional)",
+    )  # fmt: skip
+    captioner: Any = option(
+        None, "BLIP: a hub id, a save_pretrained directory, a module:function spec or a built model (empty: "
+        "the preset's; unused with a vocabulary)", label="Captioner (optional)",
+    )  # fmt: skip
+    clipseg: Any = option(
+        None, "CLIPSeg: a hub id, a save_pretrained directory, a module:function spec or a built model (empty: "
+        "the preset's)", label="CLIPSeg model (optional)",
+    )  # fmt: skip
+    vocabulary: tuple[str, ...] | None = option(
+        None, "Fixed vocabulary, one class name per item (commas allowed in a name): these names plus close-set "
+        "proposals are the candidates and no caption is made; empty: open vocabulary", label="Fixed vocabulary",
+    )  # fmt: skip
+    topk: int = option(3, "Candidates CLIP keeps for CLIPSeg to choose from (SSA: 3)", ge=1, le=100)
+    crop_scale_caption: float = option(1.6, "Crop enlargement for BLIP (SSA: 1.6)", ge=1.0, le=4.0)
+    crop_scale_clip: float = option(1.2, "Crop enlargement for CLIP (SSA: 1.2)", ge=1.0, le=4.0)
+    crop_scale_clipseg: float = option(1.6, "Crop enlargement for CLIPSeg (SSA: 1.6)", ge=1.0, le=4.0)
+    min_area: int = option(
+        100, "Masks with fewer pixels get no class (label unknown, skipped_reason set)", ge=0,
+        label="Minimum mask area",
+    )  # fmt: skip
+    keep_skipped: bool = option(
+        True, "Also store the masks that got no class (label unknown, skipped_reason)"
+    )
+    json_dir: str | None = option(
+        None, "Optional directory for one SSA-format JSON per image (<file stem>_<sample id>.json)",
+        label="JSON directory (optional)",
+    )  # fmt: skip
+    mask_batch_size: int = option(32, "Crops (and CLIPSeg pairs) per model call", ge=1, le=4096)
+
+    @classmethod
+    def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The mask source's normalisation, plus: ``amg_preset=None`` (the old ``mask_preset=None``) is
+        segment_anything's own settings, built models in ``semantic_models`` move to ``segmenters``, and an
+        empty ``vocabulary`` (an untouched form list) means open vocabulary."""
+        values = super().normalize(values)
+        if "amg_preset" in values and values["amg_preset"] is None:
+            values["amg_preset"] = "default"
+        models = values.get("semantic_models")
+        if models is not None and not isinstance(models, (str, os.PathLike)):
+            models = list(models) if isinstance(models, (list, tuple)) else [models]
+            built = [m for m in models if not isinstance(m, (str, os.PathLike))]
+            if built:
+                values["semantic_models"] = tuple(m for m in models if isinstance(m, (str, os.PathLike)))
+                values["segmenters"] = (*(values.get("segmenters") or ()), *built)
+        vocabulary = values.get("vocabulary")
+        if vocabulary is not None and not isinstance(vocabulary, str) and len(vocabulary) == 0:
+            values["vocabulary"] = None
+        return values
+
+    def check(self, samples: Any) -> None:
+        """The mask source's checks, plus: a vocabulary must hold at least one usable class name."""
+        super().check(samples)
+        if self.vocabulary is not None and not merge_class_names(self.vocabulary):
+            raise StageParameterError(
+                "vocabulary",
+                f"{list(self.vocabulary)} holds no usable class name",
+                "pass class names such as ['car', 'road'], or no vocabulary for open-vocabulary labels",
+            )
+
+    def semantic_model_specs(self) -> tuple[Any, ...]:
+        """The segmenters to run: the given ones, else the preset's when no other close-set source is given."""
+        if self.semantic_models is None and not self.baseline_fields and not self.segmenters:
+            return engine_preset(self.model_preset).semantic_models
+        return (*(self.semantic_models or ()), *self.segmenters)
+
+
+OPEN_VOCAB_LABELS = StageSpec(
+    name="open_vocab_labels",
+    label="open-vocabulary labels (SSA-engine)",
+    description="Open-vocabulary class names for SAM masks, stored masks or superpixels (BLIP, CLIP, CLIPSeg)",
+    options=EngineOptions,
+    batch_size=2,
+    positional=("label_field", "masks"),
+    aliases={
+        "semantic_fields": "baseline_fields",
+        "preset": "model_preset",
+        "mask_preset": "amg_preset",
+        "semantic_field": "segmentation_field",
+    },
+)
 
 
 def build_engine(
     *,
-    preset: str = "light",
+    model_preset: str = "light",
     clip: Any = None,
     clip_pretrained: str | None = None,
     captioner: Any = None,
@@ -52,46 +161,57 @@ def build_engine(
 ) -> OpenVocabEngine:
     """Returns an :class:`~samseg_core.engine.OpenVocabEngine` with the preset's models, each overridable.
 
+    Every model goes through :func:`~samseg_core.models.resolve.resolve_model`, so one that cannot be loaded
+    raises :class:`~samseg_core.models.resolve.ModelLoadError` naming its parameter.
+
     Args:
-        preset: "light" (CLIP ViT-B/32, BLIP base) or "full" (CLIP ViT-L/14, BLIP large); CLIPSeg rd64-refined.
+        model_preset: "light" (CLIP ViT-B/32, BLIP base) or "full" (CLIP ViT-L/14, BLIP large); CLIPSeg
+            rd64-refined in both (``preset`` is accepted for one release).
         clip: an open_clip model name, directory, ``module:function`` spec, built model or ClipClassifier.
         clip_pretrained: the pretrained tag or checkpoint file for a CLIP model name (default: the preset's).
         captioner: a BLIP hub id, directory, spec, ``(model, processor)`` or Captioner; not loaded in
             fixed-vocabulary mode.
         clipseg: a CLIPSeg hub id, directory, spec, ``(model, processor)`` or ClipSegScorer.
-        vocabulary: fixed-vocabulary mode (no captioning).
+        vocabulary: fixed-vocabulary mode (no captioning); each item is one class name.
         device: where the models run.
         mask_batch_size: crops (and CLIPSeg pairs) per model call.
         engine_options: further :class:`OpenVocabEngine` arguments (topk, crop scales, min_area, ...).
     """
-    defaults = engine_preset(preset)
+    if "preset" in engine_options:
+        warnings.warn("build_engine(): 'preset' is now called 'model_preset'", FutureWarning, stacklevel=2)
+        model_preset = engine_options.pop("preset")
+    defaults = engine_preset(model_preset)
     if clip is None:
         clip, clip_pretrained = defaults.clip, clip_pretrained or defaults.clip_pretrained
-    clip_model = load_clip(_built(clip), pretrained=clip_pretrained or "openai", device=device)
-    clipseg_model = load_clipseg(_built(clipseg if clipseg is not None else defaults.clipseg), device=device)
+    clip_model = resolve_model(CLIP, clip, device=device, param="clip", pretrained=clip_pretrained)
+    clipseg_spec = clipseg if clipseg is not None else defaults.clipseg
+    clipseg_model = resolve_model(CLIPSEG, clipseg_spec, device=device, param="clipseg")
     captioner_model = None
     if vocabulary is None:
-        captioner_model = load_captioner(
-            _built(captioner if captioner is not None else defaults.captioner), device=device
-        )
+        captioner_spec = captioner if captioner is not None else defaults.captioner
+        captioner_model = resolve_model(CAPTIONER, captioner_spec, device=device, param="captioner")
     return OpenVocabEngine(
         clip_model,
         clipseg_model,
         captioner_model,
-        vocabulary=vocabulary,
+        vocabulary=list(vocabulary) if vocabulary is not None else None,
         batch_size=mask_batch_size,
         **engine_options,
     )
 
 
-def _segmenters(models: Sequence[Any], device: str | None) -> list[tuple[str, Any]]:
-    from samseg_core.stages.baseline import resolve_segmenter
+def _branch_name(spec: Any) -> str:
+    if isinstance(spec, (str, os.PathLike)):
+        return os.fspath(spec)
+    return type(getattr(spec, "model", spec)).__name__
 
-    named = []
-    for model in models:
-        name = model if isinstance(model, str) else type(getattr(model, "model", model)).__name__
-        named.append((str(name), resolve_segmenter(model, device=device)))
-    return named
+
+def _segmenters(specs: Sequence[Any], device: Any) -> list[tuple[str, Any]]:
+    """The close-set segmenters, loaded (a model that cannot be loaded raises ModelLoadError)."""
+    return [
+        (_branch_name(spec), resolve_model(SEMANTIC, spec, device=device, param="semantic_models"))
+        for spec in specs
+    ]
 
 
 def _stored_branch(item: SampleItem, field_name: str, targets: Mapping[int, str]) -> SemanticBranch | None:
@@ -102,28 +222,6 @@ def _stored_branch(item: SampleItem, field_name: str, targets: Mapping[int, str]
     if labels.shape != shape:
         labels = resize_mask_nearest(labels, shape)
     return SemanticBranch(field_name, labels, targets)
-
-
-class _ClassIds:
-    """Class name -> id of the merged segmentation, consistent across the dataset and across runs.
-
-    Ids live in ``dataset.mask_targets[field]``: a name seen before keeps its id, a new name gets the next free
-    id (0 = unlabeled). The targets are re-read before each batch, so runs on other shards of the same dataset
-    extend them rather than collide (a collision raises MaskTargetConflict for that batch's samples).
-    """
-
-    def __init__(self, samples: Any, field_name: str) -> None:
-        self.samples = samples
-        self.field_name = field_name
-
-    def ids_for(self, names: Sequence[str]) -> dict[str, int]:
-        dataset = self.samples._dataset
-        dataset.reload()
-        current = {int(k): str(v) for k, v in (dataset.mask_targets.get(self.field_name) or {}).items()}
-        targets = assign_class_ids(names, current)
-        if targets != current:
-            targets = merge_mask_targets(self.samples, self.field_name, targets)
-        return {name: class_id for class_id, name in targets.items()}
 
 
 def _detections(proposals: Any, labels: list[MaskLabel], keep_skipped: bool) -> Any:
@@ -165,175 +263,139 @@ def _export_json(
     )
 
 
-def open_vocab_labels(
-    samples: Any,
-    label_field: str = DEFAULT_LABEL_FIELD,
-    masks: Any = "sam",
-    *,
-    semantic_fields: Sequence[str] = (),
-    semantic_models: Sequence[Any] | None = None,
-    preset: str = "light",
-    clip: Any = None,
-    clip_pretrained: str | None = None,
-    captioner: Any = None,
-    clipseg: Any = None,
-    vocabulary: Sequence[str] | None = None,
-    topk: int = 3,
-    crop_scale_caption: float = 1.6,
-    crop_scale_clip: float = 1.2,
-    crop_scale_clipseg: float = 1.6,
-    min_area: int = 100,
-    keep_skipped: bool = True,
-    semantic_field: str | None = None,
-    json_dir: str | os.PathLike | None = None,
-    sam: Any = None,
-    sam_checkpoint: str | None = None,
-    mask_preset: str | None = "ssa",
-    cache: Any = None,
-    mask_options: Mapping[str, Any] | None = None,
-    batch_size: int = 2,
-    mask_batch_size: int = 32,
-    num_workers: int = 0,
-    device: str | None = None,
-    skip_existing: bool = False,
-    skip_failures: bool = True,
-    overwrite: bool = False,
-    progress: ProgressArg = None,
-) -> RunSummary:
-    """Gives every mask of every sample an open-vocabulary class name (SSA-engine) and stores ``fo.Detections``.
+def _sample_stats(labels: list[MaskLabel]) -> dict[str, Any]:
+    """One sample's statistics, handed to the runner under :data:`STATS` (it collects them once per sample)."""
+    named = [label.class_name for label in labels if label.skipped_reason is None]
+    return {
+        "masks": len(labels),
+        "labelled": len(named),
+        "skipped": len(labels) - len(named),
+        "names": sorted(set(named)),
+    }
 
-    Per mask: close-set proposals (plurality class of each semantic branch inside the mask), noun phrases of a
-    BLIP caption of the enlarged crop, CLIP keeps the top-k of their union, CLIPSeg picks one inside the mask.
-    All crops of a batch of images go through each model in batches of ``mask_batch_size``.
 
-    Args:
-        samples: a FiftyOne dataset or view.
-        label_field: the ``fo.Detections`` field written: one detection per mask, ``label`` = class name,
-            ``confidence`` = CLIPSeg score, attributes ``class_proposals``, ``proposal_scores``, ``caption``,
-            ``predicted_iou``, ``stability_score``, ``area``, ``skipped_reason``.
-        masks: the mask source: ``"sam"`` (SAM automatic masks), ``"superpixels"``, ``"field:<name>"`` (masks
-            of a stored ``fo.Detections`` field, e.g. ``"field:ssa_masks"`` from semantic voting), or a MaskSource.
-        semantic_fields: stored ``fo.Segmentation`` fields used as close-set branches (with their mask targets).
-        semantic_models: segmenters run on the fly as close-set branches (hub ids, directories, specs, models);
-            None means the preset's segmenters when no ``semantic_fields`` are given, else none; ``()`` none.
-        preset: "light" or "full" (see :data:`samseg_core.engine.ENGINE_PRESETS`); every model is overridable.
-        clip: CLIP override (open_clip name, directory, spec or built model).
-        clip_pretrained: pretrained tag or checkpoint file for a CLIP model name.
-        captioner: BLIP override (hub id, directory, spec, built).
-        clipseg: CLIPSeg override (hub id, directory, spec, built).
-        vocabulary: fixed-vocabulary mode: these class names (plus close-set proposals) are the candidates and
-            no caption is generated.
-        topk: candidates CLIP keeps for CLIPSeg.
-        crop_scale_caption: crop enlargement for BLIP (SSA: 1.6).
-        crop_scale_clip: crop enlargement for CLIP (SSA: 1.2).
-        crop_scale_clipseg: crop enlargement for CLIPSeg (SSA: 1.6).
-        min_area: masks with fewer pixels are not labelled (kept as ``unknown`` with ``skipped_reason``).
-        keep_skipped: also store masks that got no class (label ``unknown``, ``skipped_reason`` set).
-        semantic_field: optional merged ``fo.Segmentation`` of the labelled masks (smaller masks on top); its
-            ``mask_targets`` grow across the dataset and runs, the same name always keeping the same id.
-        json_dir: optional directory for SSA-format JSON per image (SA-1B fields + ``class_name``,
-            ``class_proposals``).
-        sam: SAM for ``masks="sam"`` (type, checkpoint, spec or model; default vit_b).
-        sam_checkpoint: checkpoint file for a SAM type.
-        mask_preset: SAM automatic mask generator preset: ``"ssa"`` (SSA's settings), ``"fast"``, or None.
-        cache: a shared :class:`~samseg_core.sam_embedding.EmbeddingCache` for ``masks="sam"``.
-        mask_options: further keyword arguments of the mask source (SAM generator settings, superpixel
-            parameters).
-        batch_size: images per batch (and per bulk write).
-        mask_batch_size: crops (and CLIPSeg pairs) per model call.
-        num_workers: image-decoding workers.
-        device: ``cuda``, ``cuda:N`` or ``cpu``; default CUDA when available (bf16 autocast there).
-        skip_existing: skip samples that already have ``label_field`` (resume).
-        skip_failures: record per-sample errors in ``<label_field>_error`` and continue.
-        overwrite: replace existing values.
-        progress: True to print progress, or a callable taking the fraction done.
+@dataclass
+class _Totals:
+    """Run totals, fed by the runner's ``on_result`` once per written sample (never from ``process``)."""
 
-    Returns:
-        a :class:`RunSummary`; ``extra`` holds ``masks``, ``labelled``, ``skipped``, ``classes`` and
-        ``model_calls``.
-    """
-    from samseg_core.mask_sources import resolve_mask_source
+    counts: dict[str, int] = field(default_factory=lambda: {"masks": 0, "labelled": 0, "skipped": 0})
+    names: set[str] = field(default_factory=set)
 
-    engine = build_engine(
-        preset=preset,
-        clip=clip,
-        clip_pretrained=clip_pretrained,
-        captioner=captioner,
-        clipseg=clipseg,
-        vocabulary=vocabulary,
-        device=device,
-        mask_batch_size=mask_batch_size,
-        topk=topk,
-        crop_scale_caption=crop_scale_caption,
-        crop_scale_clip=crop_scale_clip,
-        crop_scale_clipseg=crop_scale_clipseg,
-        min_area=min_area,
-    )
-    if semantic_models is None:
-        semantic_models = () if semantic_fields else engine_preset(preset).semantic_models
-    segmenters = _segmenters(semantic_models, device)
-    source = resolve_mask_source(
-        masks,
-        sam=sam,
-        sam_checkpoint=sam_checkpoint,
-        device=device,
-        cache=cache,
-        preset=mask_preset,
-        **dict(mask_options or {}),
-    )
-    field_targets = {name: mask_targets_of(samples, name) for name in semantic_fields}
-    class_ids = _ClassIds(samples, semantic_field) if semantic_field else None
-    if json_dir is not None:
-        os.makedirs(json_dir, exist_ok=True)
-    stats = {"masks": 0, "labelled": 0, "skipped": 0}
-    names_seen: set[str] = set()
+    def add(self, sample_id: str, stats: Mapping[str, Any]) -> None:
+        """Adds one written sample's statistics."""
+        for key in self.counts:
+            self.counts[key] += int(stats[key])
+        self.names.update(stats["names"])
 
-    def process(items: list[SampleItem]) -> list[StageResult]:
-        images = [item.image for item in items]
-        proposals = [source.proposals(item) for item in items]
-        branches = [
-            [b for b in (_stored_branch(item, f, field_targets[f]) for f in semantic_fields) if b is not None]
+
+@dataclass
+class _Labeller:
+    """The per-batch work of :func:`open_vocab_labels`, with every model already loaded."""
+
+    plan: StagePlan
+    options: EngineOptions
+    engine: OpenVocabEngine
+    segmenters: list[tuple[str, Any]]
+    source: Any
+    field_targets: dict[str, dict[int, str]]
+
+    def branches(self, items: list[SampleItem]) -> list[list[SemanticBranch]]:
+        """Each item's close-set branches: the stored baseline fields it has, then the segmenters' maps."""
+        fields = self.options.baseline_fields
+        out = [
+            [b for b in (_stored_branch(item, f, self.field_targets[f]) for f in fields) if b is not None]
             for item in items
         ]
-        for _, segmenter in segmenters:
-            for item_branches, prediction in zip(branches, segmenter.predict(images)):
-                item_branches.append(SemanticBranch("model", prediction.labels, segmenter.id2label))
-        labels = engine.label_masks(images, [p.masks for p in proposals], branches)
-        named = [
-            label.class_name for image_labels in labels for label in image_labels if not label.skipped_reason
-        ]
-        ids = class_ids.ids_for(sorted(set(named))) if class_ids else {}
-        results: list[StageResult] = []
-        for item, item_proposals, item_labels in zip(items, proposals, labels):
-            result: dict[str, Any] = {label_field: _detections(item_proposals, item_labels, keep_skipped)}
-            if class_ids:
-                painted = [0 if label.skipped_reason else ids[label.class_name] for label in item_labels]
-                stack = np.asarray(item_proposals.masks, dtype=bool).reshape(-1, *item.image.shape[:2])
-                result[semantic_field] = segmentation_from_array(paint_class_map(stack, painted))
-            if json_dir is not None:
-                _export_json(json_dir, item, item_proposals, item_labels)
-            stats["masks"] += len(item_labels)
-            stats["skipped"] += sum(label.skipped_reason is not None for label in item_labels)
-            names_seen.update(label.class_name for label in item_labels if not label.skipped_reason)
-            results.append(result)
-        stats["labelled"] = stats["masks"] - stats["skipped"]
-        return results
+        images = [item.image for item in items]
+        for name, segmenter in self.segmenters:
+            for item_branches, prediction in zip(out, segmenter.predict(images)):
+                item_branches.append(SemanticBranch(name, prediction.labels, segmenter.id2label))
+        return out
 
-    outputs = [label_field] + ([semantic_field] if semantic_field else [])
-    summary = run_stage(
-        samples,
-        stage="open_vocab_labels",
-        output_fields=outputs,
-        process=process,
-        input_fields=[*getattr(source, "input_fields", ()), *semantic_fields],
-        batch_size=batch_size,
-        num_workers=num_workers,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        skip_failures=skip_failures,
-        progress=progress,
+    def class_ids(self, labels: list[list[MaskLabel]]) -> dict[str, int]:
+        """Ids of the batch's class names in the merged segmentation, claimed in the database."""
+        if not self.options.segmentation_field:
+            return {}
+        named = {label.class_name for image in labels for label in image if label.skipped_reason is None}
+        return claim_class_ids(self.plan.dataset, self.options.segmentation_field, sorted(named))
+
+    def process(self, items: list[SampleItem]) -> list[StageResult]:
+        """Labels every mask of a batch of samples; one result (with its :data:`STATS`) per sample."""
+        proposals = [self.source.proposals(item) for item in items]
+        labels = self.engine.label_masks(
+            [item.image for item in items], [p.masks for p in proposals], self.branches(items)
+        )
+        ids = self.class_ids(labels)
+        return [self.result(*args, ids) for args in zip(items, proposals, labels)]
+
+    def result(
+        self, item: SampleItem, proposals: Any, labels: list[MaskLabel], ids: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """One sample's field values and statistics; writes its JSON file when asked to."""
+        options = self.options
+        result: dict[str, Any] = {options.label_field: _detections(proposals, labels, options.keep_skipped)}
+        if options.segmentation_field:
+            painted = [0 if label.skipped_reason else ids[label.class_name] for label in labels]
+            stack = np.asarray(proposals.masks, dtype=bool).reshape(-1, *item.image.shape[:2])
+            class_map = paint_class_map(stack, painted)
+            result[options.segmentation_field] = self.plan.segmentation(
+                options.segmentation_field, class_map, item.id
+            )
+        if options.json_dir is not None:
+            _export_json(options.json_dir, item, proposals, labels)
+        result[STATS] = _sample_stats(labels)
+        return result
+
+
+def _load(plan: StagePlan, options: EngineOptions) -> _Labeller:
+    """Loads every model and plans the mask targets; raises ModelLoadError before anything is written."""
+    device = plan.run.device
+    engine = build_engine(
+        model_preset=options.model_preset,
+        clip=options.clip,
+        clip_pretrained=options.clip_pretrained,
+        captioner=options.captioner,
+        clipseg=options.clipseg,
+        vocabulary=options.vocabulary,
+        device=device,
+        mask_batch_size=options.mask_batch_size,
+        topk=options.topk,
+        crop_scale_caption=options.crop_scale_caption,
+        crop_scale_clip=options.crop_scale_clip,
+        crop_scale_clipseg=options.crop_scale_clipseg,
+        min_area=options.min_area,
     )
-    summary.extra.update(stats)
-    summary.extra["classes"] = len(names_seen)
-    summary.extra["model_calls"] = engine.model_calls()
+    segmenters = _segmenters(options.semantic_model_specs(), device)
+    source = mask_source_for(options, device)
+    if options.segmentation_field:
+        plan.add_mask_targets(options.segmentation_field, {0: UNLABELED}, param="segmentation_field")
+    targets = {name: mask_targets_of(plan.samples, name) for name in options.baseline_fields}
+    return _Labeller(plan, options, engine, segmenters, source, targets)
+
+
+@stage(OPEN_VOCAB_LABELS)
+def open_vocab_labels(plan: StagePlan, options: EngineOptions) -> RunSummary:
+    """Gives every mask of every sample an open-vocabulary class name (SSA-engine) and stores ``fo.Detections``.
+
+    Per mask: close-set proposals (plurality class of each close-set branch inside the mask: the
+    ``baseline_fields`` and the segmenters), noun phrases of a BLIP caption of the enlarged crop (or the fixed
+    ``vocabulary``); CLIP keeps the top-k of their union, CLIPSeg picks one inside the mask. All crops of a batch
+    of images go through each model in batches of ``mask_batch_size``. With ``segmentation_field`` the labelled
+    masks are also painted into one class map; ``mask_targets[segmentation_field]`` gains each new name once
+    (id 0 is ``unlabeled``), claimed in the database so that a name keeps its id across samples, runs and
+    shards running at the same time. Every model is loaded before anything is written.
+
+    Returns:
+        a :class:`~samseg_core.runner.RunSummary`; ``extra`` holds ``masks``, ``labelled`` and ``skipped`` (over
+        the written samples), ``classes`` (distinct class names among them) and ``model_calls`` (forward passes
+        per model part).
+    """
+    labeller = _load(plan, options)
+    if options.json_dir is not None:
+        os.makedirs(options.json_dir, exist_ok=True)
+    totals = _Totals()
+    summary = run_stage(plan, process=labeller.process, on_result=totals.add)
+    summary.extra.update(totals.counts)
+    summary.extra["classes"] = len(totals.names)
+    summary.extra["model_calls"] = labeller.engine.model_calls()
     return summary

@@ -333,8 +333,9 @@ def _check_list(spec: OptionSpec, value: Any) -> tuple[Any, ...]:
     item_type = typing.get_args(spec.base)[0]
     if item_type is str and not all(isinstance(v, str) for v in items):
         raise StageParameterError(spec.name, "every item must be a string", _accepts(spec))
-    if item_type is int:
-        return tuple(_check_number(dataclasses.replace(spec, annotation=int), v) for v in items)
+    if item_type is int:  # the App's list inputs hold strings: "255" is the number 255
+        numbers = [int(v) if isinstance(v, str) and v.strip().lstrip("-").isdigit() else v for v in items]
+        return tuple(_check_number(dataclasses.replace(spec, annotation=int), v) for v in numbers)
     return items
 
 
@@ -357,6 +358,12 @@ def _check_field_names(spec: OptionSpec, value: Any) -> None:
         if spec.role in (OUTPUT, OUTPUT_RUN, QUEUE) and (name.startswith("_") or "." in name or "$" in name):
             raise StageParameterError(
                 spec.name, f"'{name}' cannot be created", "use letters, digits and underscores (no '.', '$')"
+            )
+        if spec.role == OUTPUT_RUN and not name.isidentifier():
+            raise StageParameterError(
+                spec.name,
+                f"'{name}' is not a valid run key",
+                "use letters, digits and underscores, starting with a letter (e.g. samseg_iou)",
             )
 
 

@@ -185,6 +185,18 @@ def plan_stage(
     return plan
 
 
+def check_inputs(samples: Any, options: Any, run: RunOptions) -> None:
+    """The checks of :func:`plan_stage` for a stage that plans its own writes (tags, saved views): the
+    collection, the device, the input fields and runs, and the stage's own ``check``."""
+    _check_collection(samples)
+    check_device(run.device)
+    _check_inputs(samples, options)
+    _check_input_runs(samples, options)
+    check = getattr(options, "check", None)
+    if check is not None:
+        check(samples)
+
+
 def _check_collection(samples: Any) -> None:
     if not hasattr(samples, "_dataset") or not hasattr(samples, "values"):
         raise StageParameterError(

@@ -43,7 +43,9 @@ def resolve_class_ids(
         if isinstance(item, (int, np.integer)) or str(item).isdigit():
             class_id = int(item)
             if names and class_id not in names:
-                raise ValueError(f"class id {class_id} is not in the mask targets; known ids: {sorted(names)}")
+                raise ValueError(
+                    f"class id {class_id} is not in the mask targets; known ids: {sorted(names)}"
+                )
             ids.append(class_id)
         elif item in by_name:
             ids.append(by_name[item])
@@ -59,16 +61,18 @@ def check_mask_targets_agree(
     pred_fields: Sequence[str],
     reduce_zero_label: bool = False,
 ) -> None:
-    """Raises a StageParameterError when a prediction's mask targets name a ground-truth class id differently
-    (its ids would then mean other classes and every score would be wrong)."""
+    """Raises a StageParameterError when a prediction's own mask targets name a ground-truth class id
+    differently (its ids would then mean other classes and every score would be wrong). Fields that only
+    inherit the dataset's default mask targets are not compared."""
     from samseg_core.errors import StageParameterError
 
     if not gt_field:
         return
+    own = samples._dataset.mask_targets
     shift = 1 if reduce_zero_label else 0
-    reference = {k - shift: v for k, v in mask_targets_of(samples, gt_field).items() if k - shift >= 0}
+    reference = {int(k) - shift: v for k, v in (own.get(gt_field) or {}).items() if int(k) - shift >= 0}
     for field in pred_fields:
-        targets = mask_targets_of(samples, field)
+        targets = {int(k): v for k, v in (own.get(field) or {}).items()}
         clashes = {k: (reference[k], v) for k, v in targets.items() if k in reference and reference[k] != v}
         if clashes:
             detail = ", ".join(f"{k}: '{a}' vs '{b}'" for k, (a, b) in sorted(clashes.items())[:4])

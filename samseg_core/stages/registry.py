@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samseg_core.stages.options import OptionSpec, check_option, option_specs
-from samseg_core.stages.plan import StagePlan, plan_stage
+from samseg_core.stages.plan import StagePlan, check_inputs, plan_stage
 from samseg_core.stages.run_options import RunOptions, check_run_options, run_option_specs
 
 #: The modules that declare stages (imported on first use of the registry).
@@ -106,9 +106,7 @@ class StageSpec:
         """Checks options and field roles against ``samples`` as a call would, writing nothing (forms use it)."""
         options, run = self.parse(_renamed(self, values))
         if self.plans_outputs:
-            check = getattr(options, "check", None)
-            if check is not None:
-                check(samples)
+            check_inputs(samples, options, run)
             return None
         return plan_stage(self.name, samples, options, run)
 
@@ -135,6 +133,7 @@ def stage(spec: StageSpec) -> Callable[[Implementation], Callable[..., Any]]:
             samples = values.pop("samples")
             options, run = spec.parse(values)
             if spec.plans_outputs:
+                check_inputs(samples, options, run)
                 return impl(samples, options, run)
             return impl(plan_stage(spec.name, samples, options, run), options)
 

@@ -116,7 +116,7 @@ class MaskSourceOptions(SamOptions):
         None, "Remove mask islands and holes below this many pixels (empty: the preset's)", ge=0, show_if=_SAM
     )
     superpixel_max_side: int = option(
-        2048, "Superpixels run on a copy with at most this longest side; labels are upsampled to the image",
+        1024, "Superpixels run on a copy with at most this longest side; labels are upsampled to the image",
         ge=64, le=65536, show_if=_SUPERPIXELS,
     )  # fmt: skip
     mask_options: Mapping[str, Any] | None = option(

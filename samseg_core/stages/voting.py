@@ -5,35 +5,129 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 
-from samseg_core.labels import (
-    detections_from_masks,
-    mask_targets_of,
-    merge_mask_targets,
-    read_segmentation,
-    segmentation_from_array,
-)
-from samseg_core.mask_sources import DetectionsSource, MaskSource, resolve_mask_source
+from samseg_core.errors import StageParameterError
+from samseg_core.labels import detections_from_box_masks, mask_targets_of, read_segmentation
+from samseg_core.mask_sources import MaskProposals, MaskSource
 from samseg_core.masks import resize_mask_nearest
-from samseg_core.runner import ProgressArg, RunSummary, SampleItem, StageResult, check_writable, run_stage
+from samseg_core.models.resolve import SEMANTIC, resolve_model
+from samseg_core.runner import STATS, RunSummary, SampleItem, StageResult, run_stage
 from samseg_core.ssa_format import write_ssa_json
-from samseg_core.voting import VotingResult, check_voting_options, vote_masks
+from samseg_core.stages.options import DETECTIONS, HEATMAP, SEGMENTATION, input_field, option, output_field
+from samseg_core.stages.plan import StagePlan
+from samseg_core.stages.registry import StageSpec, stage
+from samseg_core.stages.sam_options import MaskSourceName, MaskSourceOptions, mask_source_for
+from samseg_core.voting import VotingResult, vote_masks
+
+_NO_HARM = {"mode": ("no_harm",)}
 
 
-def _check_detections_field(samples: Any, field: str) -> None:
-    import fiftyone as fo
+@dataclass(frozen=True)
+class VotingOptions(MaskSourceOptions):
+    """Options of :func:`semantic_voting`."""
 
-    schema_field = samples.get_field(field)
-    if schema_field is None:
-        raise ValueError(
-            f"mask source '{field}' is neither 'sam', 'superpixels', 'felzenszwalb', 'slic' nor a field of "
-            "this collection; name a Detections field holding instance masks (e.g. 'field:sa1b')"
-        )
-    if getattr(schema_field, "document_type", None) is not fo.Detections:
-        raise ValueError(f"mask source field '{field}' is not a Detections field")
+    baseline_field: str | None = input_field(
+        "baseline", SEGMENTATION, "The baseline segmentation whose classes the masks take (any resolution); "
+        "its mask targets name the classes. Not used with semantic_model", required=False,
+        label="Baseline field",
+    )  # fmt: skip
+    label_field: str = output_field(
+        "ssa", SEGMENTATION, "Output segmentation field; its mask targets get the baseline's classes",
+        label="Output segmentation field",
+    )  # fmt: skip
+    instances_field: str | None = output_field(
+        "ssa_masks", DETECTIONS, "Optional Detections, one per mask: voted class, vote share, SAM scores, "
+        "class proposals, accepted", label="Per-mask Detections field (optional)",
+    )  # fmt: skip
+    semantic_model: Any = option(
+        None, "Run this segmenter (hub id, local directory, module:function spec or model) instead of "
+        "reading baseline_field; its probabilities drive ties and no_harm's soft vote",
+        label="Semantic segmenter (optional)",
+    )  # fmt: skip
+    confidence_field: str | None = input_field(
+        None, HEATMAP, "Optional heatmap of the stored baseline's confidence, for tie-breaks", required=False,
+        label="Baseline confidence field (optional)",
+    )  # fmt: skip
+    mode: Literal["plurality", "no_harm"] = option(
+        "plurality", "plurality: every mask takes its majority class (SSA); no_harm: only masks whose vote "
+        "share reaches min_vote_share relabel", label="Voting mode",
+    )  # fmt: skip
+    min_vote_share: float = option(
+        0.5, "no_harm: share of a mask's voting pixels its class must reach", ge=0.0, le=1.0, show_if=_NO_HARM
+    )
+    topk: int = option(3, "Class proposals recorded per mask", ge=1, le=20, label="Class proposals per mask")
+    ignore_index: int | None = option(
+        255, "'No class' baseline value: such pixels do not vote and stay where no accepted mask owns them "
+        "(empty: every value is a class)", ge=0, le=65535,
+    )  # fmt: skip
+    json_dir: str | None = option(
+        None,
+        "Also write one SSA / SA-1B JSON per image there (<sample id>.json)",
+        label="JSON directory (optional)",
+    )
+    mask_dir: str | None = option(
+        None, "Write masks as PNGs under <mask_dir>/<field>/ instead of into the database (large datasets)",
+        label="Mask directory (optional)",
+    )  # fmt: skip
+
+    @classmethod
+    def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The mask source's normalisation, plus: ``amg_preset=None`` (the old ``preset=None``) is
+        segment_anything's own settings, and with ``semantic_model`` the baseline field defaults to none."""
+        values = super().normalize(values)
+        if "amg_preset" in values and values["amg_preset"] is None:
+            values["amg_preset"] = "default"
+        if values.get("semantic_model") is not None and "baseline_field" not in values:
+            values["baseline_field"] = None
+        masks = values.get("masks")
+        if isinstance(masks, str) and masks not in MaskSourceName.__args__:
+            raise StageParameterError(
+                "masks",
+                f"unknown mask source {masks!r}",
+                f"pass sam, superpixels, felzenszwalb or slic; for masks stored in a Detections field pass "
+                f"masks='field:{masks}' (or masks='field', masks_field='{masks}')",
+            )
+        return values
+
+    def check(self, samples: Any) -> None:
+        """The mask source's checks, plus: exactly one baseline (a field or a model); a confidence heatmap
+        only with a stored baseline."""
+        super().check(samples)
+        if self.semantic_model is None and not self.baseline_field:
+            raise StageParameterError(
+                "baseline_field",
+                "no baseline: neither baseline_field nor semantic_model is given",
+                "pass baseline_field=<Segmentation field> (e.g. from run_baseline) or semantic_model=",
+            )
+        if self.semantic_model is not None and self.baseline_field:
+            raise StageParameterError(
+                "baseline_field",
+                f"both baseline_field='{self.baseline_field}' and semantic_model are given",
+                "leave baseline_field empty to vote with semantic_model, or drop semantic_model",
+            )
+        if self.semantic_model is not None and self.confidence_field:
+            raise StageParameterError(
+                "confidence_field",
+                "a confidence heatmap belongs to a stored baseline; semantic_model brings its own "
+                "probabilities",
+                "drop confidence_field, or vote with baseline_field",
+            )
+
+
+SEMANTIC_VOTING = StageSpec(
+    name="semantic_voting",
+    label="semantic voting (SSA)",
+    description="SAM masks, stored masks or superpixels take the baseline's majority class (Semantic Segment "
+    "Anything)",
+    options=VotingOptions,
+    batch_size=1,
+    positional=("baseline_field", "label_field", "masks", "instances_field"),
+    aliases={"semantic_field": "baseline_field", "preset": "amg_preset"},
+)
 
 
 def _confidence_map(label: Any, shape: tuple[int, int]) -> np.ndarray | None:
@@ -43,9 +137,9 @@ def _confidence_map(label: Any, shape: tuple[int, int]) -> np.ndarray | None:
     values = label.get_map() if hasattr(label, "get_map") else None
     if values is None:
         return None
-    values = np.asarray(values, np.float64)
+    values = np.asarray(values)
     low, high = label.range or ((0.0, 1.0) if np.issubdtype(values.dtype, np.floating) else (0.0, 255.0))
-    values = (values - low) / max(high - low, 1e-12)
+    values = (values.astype(np.float32) - np.float32(low)) / np.float32(max(high - low, 1e-12))
     return resize_mask_nearest(values, shape) if values.shape != shape else values
 
 
@@ -54,7 +148,7 @@ def _nan_to_none(values: np.ndarray) -> list[float | None]:
 
 
 def _instance_attributes(
-    result: VotingResult, proposals: Any, names: Mapping[int, str]
+    result: VotingResult, proposals: MaskProposals, names: Mapping[int, str]
 ) -> dict[str, list[Any]]:
     """Per-mask attributes of the ``fo.Detection`` objects (FiftyOne-storable plain values)."""
     proposals_names = [[names.get(int(c), str(c)) for c in row if c >= 0] for row in result.topk_classes]
@@ -73,171 +167,97 @@ def _instance_attributes(
     }
 
 
-def semantic_voting(
-    samples: Any,
-    semantic_field: str = "baseline",
-    label_field: str = "ssa",
-    masks: str | MaskSource = "sam",
-    instances_field: str | None = "ssa_masks",
-    *,
-    sam: Any = "vit_b",
-    sam_checkpoint: str | None = None,
-    preset: str | None = "ssa",
-    semantic_model: Any = None,
-    confidence_field: str | None = None,
-    mode: str = "plurality",
-    min_vote_share: float = 0.5,
-    topk: int = 3,
-    json_dir: str | os.PathLike | None = None,
-    mask_dir: str | os.PathLike | None = None,
-    cache: Any = None,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    device: str | None = None,
-    skip_existing: bool = False,
-    skip_failures: bool = True,
-    overwrite: bool = False,
-    progress: ProgressArg = None,
-    **amg_overrides: Any,
-) -> RunSummary:
-    """Labels each mask proposal with the baseline's plurality class and paints the masks over the baseline.
+@dataclass
+class _Voter:
+    """What one run needs per sample: the plan, options, mask source, class names and optional segmenter."""
 
-    Args:
-        samples: a FiftyOne dataset or view.
-        semantic_field: the baseline ``fo.Segmentation`` field (ignored with ``semantic_model``); its mask targets
-            name the classes.
-        label_field: output ``fo.Segmentation`` (mask targets copied from the baseline, merged).
-        masks: ``"sam"`` (automatic mask generator), ``"superpixels"`` / ``"felzenszwalb"`` / ``"slic"``
-            (weight-free), ``"field:<name>"`` or the name of a ``Detections`` field with stored masks, or a
-            :class:`~samseg_core.mask_sources.MaskSource`.
-        instances_field: output ``fo.Detections``, one per non-empty mask: ``label`` its class, ``confidence`` its
-            vote share, attributes ``predicted_iou``, ``stability_score``, ``area``, ``vote_share``,
-            ``class_proposals`` (top-k names), ``class_proposal_shares``, ``accepted``. None: not written.
-        sam: SAM for ``masks="sam"``: a type (``vit_b``/``vit_l``/``vit_h``), checkpoint path,
-            ``"module:function"`` spec or ``Sam`` object.
-        sam_checkpoint: checkpoint file for a SAM type (else ``$SAMSEG_SAM_CHECKPOINT``, the zoo dir, download).
-        preset: generator settings: ``"ssa"`` (SSA's), ``"fast"``, or None (segment_anything's defaults).
-        semantic_model: run this segmenter (hub id, local dir, ``module:function``, model) instead of reading
-            ``semantic_field``; its probabilities then drive tie-breaks and ``no_harm`` soft voting.
-        confidence_field: optional ``fo.Heatmap`` of baseline confidence (tie-breaks) for a stored baseline.
-        mode: ``"plurality"`` (SSA) or ``"no_harm"`` (masks below ``min_vote_share`` keep the baseline).
-        min_vote_share: acceptance threshold of ``no_harm``.
-        topk: class proposals recorded per mask.
-        json_dir: also write SSA / SA-1B JSON per image there (``<sample id>.json``).
-        mask_dir: write the segmentations as PNGs there instead of into the database.
-        cache: an :class:`~samseg_core.sam_embedding.EmbeddingCache` shared with other stages.
-        batch_size: samples per batch (and per bulk write).
-        num_workers: image-decoding workers.
-        device: ``cuda``, ``cuda:N`` or ``cpu``; default CUDA when available.
-        skip_existing: skip samples that already have ``label_field`` (resume).
-        skip_failures: record per-sample errors in ``<label_field>_error`` and continue.
-        overwrite: replace existing values.
-        progress: True to print progress, or a callable taking the fraction done.
-        **amg_overrides: ``SamAutomaticMaskGenerator`` settings (``points_per_side``, ``pred_iou_thresh``, ...)
-            for ``masks="sam"``, or superpixel parameters.
+    plan: StagePlan
+    options: VotingOptions
+    source: MaskSource
+    class_names: dict[int, str]
+    segmenter: Any = None
 
-    Returns:
-        a :class:`RunSummary`; ``extra`` holds ``mask_source``, ``mode``, ``masks`` and ``accepted_masks``.
-    """
-    check_voting_options(mode, min_vote_share, topk)
-    outputs = [label_field] + ([instances_field] if instances_field else [])
-    check_writable(samples, outputs, skip_existing, overwrite)
+    def process(self, items: list[SampleItem]) -> list[StageResult]:
+        """Votes each sample of a batch (the segmenter, if any, runs on the whole batch)."""
+        predictions: list[Any] = [None] * len(items)
+        if self.segmenter is not None:
+            predictions = self.segmenter.predict([item.image for item in items], return_confidence=True)
+        return [self.vote(item, prediction) for item, prediction in zip(items, predictions)]
 
-    segmenter = None
-    if semantic_model is not None:
-        from samseg_core.stages.baseline import resolve_segmenter
-
-        segmenter = resolve_segmenter(semantic_model, device=device)
-        class_names = dict(segmenter.id2label)
-        semantic_inputs: list[str] = []
-    else:
-        if samples.get_field(semantic_field) is None:
-            raise ValueError(
-                f"no field '{semantic_field}': run run_baseline first, name your Segmentation field, or pass "
-                "semantic_model="
-            )
-        class_names = mask_targets_of(samples, semantic_field)
-        semantic_inputs = [semantic_field] + ([confidence_field] if confidence_field else [])
-
-    source = resolve_mask_source(
-        masks,
-        sam=sam,
-        sam_checkpoint=sam_checkpoint,
-        device=device,
-        cache=cache,
-        preset=preset,
-        **amg_overrides,
-    )
-    if isinstance(source, DetectionsSource):
-        _check_detections_field(samples, source.field)
-        if source.field in outputs:
-            raise ValueError(f"the mask source field '{source.field}' cannot also be an output field")
-    if class_names:
-        merge_mask_targets(samples, label_field, class_names, overwrite=overwrite)
-    counts = {"masks": 0, "accepted_masks": 0}
-
-    def baseline_of(item: SampleItem, prediction: Any) -> tuple[np.ndarray, Any, Any]:
-        height, width = item.image.shape[:2]
+    def baseline_of(self, item: SampleItem, prediction: Any) -> tuple[np.ndarray, Any, Any]:
+        """The baseline class map at image size, its confidence map and class probabilities (or None)."""
         if prediction is not None:
             probs = prediction.probs_lowres.numpy() if prediction.probs_lowres is not None else None
             return prediction.labels, prediction.confidence, probs
-        labels = read_segmentation(item.inputs.get(semantic_field))
+        field = self.options.baseline_field
+        height, width = item.image.shape[:2]
+        labels = read_segmentation(item.inputs.get(field))
         if labels is None:
-            raise ValueError(f"sample has no '{semantic_field}' segmentation")
+            raise ValueError(f"sample has no '{field}' segmentation")
         if labels.shape != (height, width):
             labels = resize_mask_nearest(labels, (height, width))
-        confidence = (
-            _confidence_map(item.inputs.get(confidence_field), (height, width)) if confidence_field else None
-        )
-        return labels, confidence, None
+        heatmap = item.inputs.get(self.options.confidence_field) if self.options.confidence_field else None
+        return labels, _confidence_map(heatmap, (height, width)), None
 
-    def process(items: list[SampleItem]) -> list[StageResult]:
-        predictions: list[Any] = [None] * len(items)
-        if segmenter is not None:
-            predictions = segmenter.predict([item.image for item in items], return_confidence=True)
-        results: list[StageResult] = []
-        for item, prediction in zip(items, predictions):
-            labels, confidence, probs = baseline_of(item, prediction)
-            proposals = source.proposals(item)
-            result = vote_masks(
-                proposals.masks, labels, mode=mode, min_vote_share=min_vote_share, confidence=confidence,
-                probabilities=probs, topk=topk,
+    def vote(self, item: SampleItem, prediction: Any) -> dict[str, Any]:
+        """The outputs of one sample (and its statistics under ``STATS``)."""
+        opts = self.options
+        labels, confidence, probs = self.baseline_of(item, prediction)
+        proposals = self.source.proposals(item)
+        result = vote_masks(
+            proposals, labels, mode=opts.mode, min_vote_share=opts.min_vote_share, confidence=confidence,
+            probabilities=probs, topk=opts.topk, ignore_index=opts.ignore_index,
+        )  # fmt: skip
+        del labels, confidence, probs
+        names = [self.class_names.get(int(c), str(c)) if c >= 0 else "" for c in result.mask_classes]
+        attributes = _instance_attributes(result, proposals, self.class_names)
+        output: dict[str, Any] = {
+            opts.label_field: self.plan.segmentation(opts.label_field, result.semantic, item.id),
+            STATS: {"masks": int((result.areas > 0).sum()), "accepted_masks": int(result.accepted.sum())},
+        }
+        if opts.instances_field:
+            output[opts.instances_field] = detections_from_box_masks(
+                proposals.box_masks(), names, proposals.image_size,
+                confidences=np.nan_to_num(result.vote_share, nan=0.0), attributes=attributes,
             )  # fmt: skip
-            names = [class_names.get(int(c), str(c)) if c >= 0 else "" for c in result.mask_classes]
-            attributes = _instance_attributes(result, proposals, class_names)
-            output: dict[str, Any] = {
-                label_field: segmentation_from_array(result.semantic, mask_dir=mask_dir, name=item.id)
-            }
-            if instances_field:
-                confidences = np.nan_to_num(result.vote_share, nan=0.0)
-                output[instances_field] = detections_from_masks(
-                    proposals.masks, names, confidences=confidences, attributes=attributes
-                )
-            if json_dir is not None:
-                write_ssa_json(
-                    os.path.join(os.fspath(json_dir), f"{item.id}.json"),
-                    proposals,
-                    image={"image_id": item.id, "file_name": os.path.basename(item.filepath)},
-                    class_names=[n or None for n in names],
-                    class_proposals=attributes["class_proposals"],
-                )
-            counts["masks"] += int((result.areas > 0).sum())
-            counts["accepted_masks"] += int(result.accepted.sum())
-            results.append(output)
-        return results
+        if opts.json_dir is not None:
+            write_ssa_json(
+                os.path.join(opts.json_dir, f"{item.id}.json"), proposals,
+                image={"image_id": item.id, "file_name": os.path.basename(item.filepath)},
+                class_names=[n or None for n in names], class_proposals=attributes["class_proposals"],
+            )  # fmt: skip
+        return output
 
-    summary = run_stage(
-        samples,
-        stage="semantic_voting",
-        output_fields=outputs,
-        process=process,
-        input_fields=[*semantic_inputs, *source.input_fields],
-        batch_size=batch_size,
-        num_workers=num_workers,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        skip_failures=skip_failures,
-        progress=progress,
-    )
-    summary.extra.update({"mask_source": source.name, "mode": mode, **counts})
+
+@stage(SEMANTIC_VOTING)
+def semantic_voting(plan: StagePlan, options: VotingOptions) -> RunSummary:
+    """Labels each mask proposal with the baseline's plurality class and paints the masks over the baseline.
+
+    The masks come from SAM's automatic mask generator (``masks="sam"``), from a ``Detections`` field
+    (``masks="field:<name>"``) or from superpixels (``"superpixels"`` / ``"felzenszwalb"`` / ``"slic"``, no
+    weights; held as a label map, so 64-megapixel images need no per-region mask). Baseline pixels equal to
+    ``ignore_index`` do not vote and keep their value where no accepted mask owns them.
+    ``dataset.mask_targets[label_field]`` gets the baseline's (or the segmenter's) classes, merged entry by
+    entry.
+
+    Returns:
+        a :class:`~samseg_core.runner.RunSummary`; ``extra`` holds ``mask_source``, ``mode``, ``masks``
+        (non-empty masks voted) and ``accepted_masks``.
+    """
+    device = plan.run.device
+    segmenter = None
+    if options.semantic_model is not None:
+        segmenter = resolve_model(SEMANTIC, options.semantic_model, device=device, param="semantic_model")
+        class_names = {int(k): str(v) for k, v in segmenter.id2label.items()}
+    else:
+        class_names = mask_targets_of(plan.samples, options.baseline_field)
+    source = mask_source_for(options, device)
+    if class_names:
+        plan.add_mask_targets(options.label_field, class_names)
+    voter = _Voter(plan, options, source, class_names, segmenter)
+
+    summary = run_stage(plan, process=voter.process)
+    summary.extra.update(mask_source=source.name, mode=options.mode)
+    for key in ("masks", "accepted_masks"):
+        summary.extra.setdefault(key, 0)
     return summary

@@ -50,6 +50,7 @@ def vote_per_mask_reference(
     confidence: np.ndarray | None = None,
     probabilities: np.ndarray | None = None,
     topk: int = 3,
+    ignore_index: int | None = None,
 ) -> VotingResult:
     """SSA voting, one mask at a time (see :func:`samseg_core.voting.vote_masks` for the arguments).
 
@@ -84,16 +85,22 @@ def vote_per_mask_reference(
         if areas[i] == 0:
             continue
         mask = get_mask(i)
-        labels = baseline[mask]
+        voting = mask & (baseline != ignore_index) if ignore_index is not None else mask
+        voters = int(voting.sum())
+        labels = baseline[voting]
         votes = np.bincount(labels, minlength=classes)
         soft = np.zeros(classes, np.int64)
         if probs is not None:
-            soft[: probs.shape[0]] = probs[:, mask].sum(axis=1)
+            soft[: probs.shape[0]] = probs[:, voting].sum(axis=1)
         tie = None
         if conf is not None:
-            tie = np.bincount(labels, weights=conf[mask], minlength=classes).astype(np.int64)
+            tie = np.bincount(labels, weights=conf[voting], minlength=classes).astype(np.int64)
         elif probs is not None:
             tie = soft
+        if ignore_index is not None and ignore_index < classes:
+            votes[ignore_index] = soft[ignore_index] = 0
+            if tie is not None:
+                tie[ignore_index] = 0
         if soft_mode:
             score = soft / QUANT_SCALE
             ranking = np.lexsort((np.arange(classes), -soft))
@@ -101,15 +108,15 @@ def vote_per_mask_reference(
             score = votes.astype(np.float64)
             keys = (np.arange(classes), -tie, -votes) if tie is not None else (np.arange(classes), -votes)
             ranking = np.lexsort(keys)
-        top = [int(c) for c in ranking[:k] if score[c] > 0]
-        if not top:  # soft vote with all-zero probabilities: nothing to decide, the baseline stays
+        top = [int(c) for c in ranking[:k] if score[c] > 0 and c != ignore_index]
+        if not top:  # no voting pixel, or all-zero probabilities: nothing to decide, the baseline stays
             vote_share[i] = 0.0
             out[mask] = baseline[mask]
             continue
         topk_classes[i, : len(top)] = top
-        topk_shares[i, : len(top)] = score[top] / areas[i]
+        topk_shares[i, : len(top)] = score[top] / voters
         mask_classes[i] = top[0]
-        vote_share[i] = score[top[0]] / areas[i]
+        vote_share[i] = score[top[0]] / voters
         accepted[i] = mode == "plurality" or vote_share[i] >= min_vote_share
         out[mask] = mask_classes[i] if accepted[i] else baseline[mask]
     return VotingResult(
