@@ -17,6 +17,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("SAMSEG_TEST_SESSION") == str(os.getpid()):
+    # imported a second time under another module name: a second database would split the session in two
+    raise ImportError("tests/conftest.py must not be imported by tests; use Path(__file__) for paths")
+os.environ["SAMSEG_TEST_SESSION"] = str(os.getpid())
 _SANDBOX = Path(tempfile.mkdtemp(prefix="samseg-tests-"))
 _PLUGINS = _SANDBOX / "plugins"
 _PLUGINS.mkdir()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import fiftyone as fo
 import pytest
 
-from tests.conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]  # never import conftest: it would run a second time
 
 
 @pytest.fixture(scope="module")
