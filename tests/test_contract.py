@@ -344,6 +344,8 @@ def test_outputs_holding_user_content_are_refused_without_overwrite(workdir, nam
                 sdk(ds, **example, skip_existing=skip_existing)
             assert err.value.remedy, description
             assert not any(changes(before, snapshot(ds, [workdir / "masks"])).values()), description
+        summary = sdk(ds, **example, overwrite=True)  # the remedy works
+        assert summary is not None and getattr(summary, "failed", 0) == 0, description
         refused.append(description)
         ds.delete()
     assert refused

@@ -128,7 +128,7 @@ def _require(module: str) -> None:
 
 TINY_SAM = "samseg_core.testing:tiny_sam"
 # random weights keep no SAM mask unless the quality thresholds are 0
-RANDOM_AMG = dict(preset=None, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+RANDOM_AMG = dict(amg_preset="default", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 # A stage reading the image and the "coarse" prediction cannot process an unreadable image or a sample without
 # the prediction; a prediction of another size than the image is resized to it (nearest), as the App displays it.
 BAD_FOR_IMAGE_AND_PREDICTION = {*UNREADABLE, "no_labels"}
@@ -179,7 +179,7 @@ def test_voting_survives_hostile_inputs(corpus):
     from samseg_core.stages.voting import semantic_voting
 
     def run(ds):
-        return semantic_voting(ds, semantic_field="coarse", sam=TINY_SAM, device="cpu", **RANDOM_AMG)
+        return semantic_voting(ds, baseline_field="coarse", sam=TINY_SAM, device="cpu", **RANDOM_AMG)
 
     results = _check_stage(corpus, run, ["ssa", "ssa_masks"], BAD_FOR_IMAGE_AND_PREDICTION)
     for entry in corpus:

@@ -63,7 +63,7 @@ def models(tmp_path_factory):
 
 
 TINY_SAM = "samseg_core.testing:tiny_sam"
-RANDOM_AMG = dict(preset=None, points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+RANDOM_AMG = dict(amg_preset="default", points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0)
 
 
 def _baseline(ds, models, overwrite=False):
@@ -79,7 +79,7 @@ def _voting(ds, models, overwrite=False):
     from samseg_core.stages.voting import semantic_voting
 
     return semantic_voting(
-        ds, semantic_field="coarse", sam=TINY_SAM, device="cpu", overwrite=overwrite, **RANDOM_AMG
+        ds, baseline_field="coarse", sam=TINY_SAM, device="cpu", overwrite=overwrite, **RANDOM_AMG
     )
 
 

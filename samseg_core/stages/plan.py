@@ -371,8 +371,12 @@ def _check_run(samples: Any, record: RunRecord | None, run: RunOptions) -> bool:
     kind = run_kind(samples, record.key)
     if kind is None:
         if record.key in samples._dataset.list_runs():
-            raise StageParameterError(
-                record.param, f"'{record.key}' is a run samseg did not create", "choose another key"
+            if run.overwrite:
+                return True  # replaced: the user asked for it
+            raise FieldExistsError(
+                record.param,
+                f"'{record.key}' is a run samseg did not create",
+                "choose another key, or pass overwrite=True to replace it",
             )
         return False
     if kind != record.kind:
