@@ -1,7 +1,8 @@
 """Mask proposals of an image from one interface: SAM's automatic mask generator, stored masks, superpixels.
 
 Voting (:mod:`samseg_core.voting`) and the SSA-engine consume :class:`MaskProposals`; a stage picks a
-:class:`MaskSource` with :func:`resolve_mask_source` and asks it for the proposals of each sample. No FiftyOne
+:class:`MaskSource` (``samseg_core.stages.sam_options.mask_source_for``) and asks it for the proposals of each
+sample. No FiftyOne
 import here: stored ``Detections`` are read duck-typed (``.detections``, ``.bounding_box``, ``.mask``).
 """
 
@@ -469,46 +470,3 @@ class SuperpixelSource:
     def proposals(self, item: SampleItem) -> MaskProposals:
         """Returns one proposal per superpixel of ``item.image``, held as the region label map."""
         return MaskProposals.from_regions(self.labels(_image_of(item)))
-
-
-# --------------------------------------------------------------------------------------------------- resolve
-
-
-def resolve_mask_source(
-    masks: str | MaskSource,
-    *,
-    sam: Any = None,
-    sam_checkpoint: str | None = None,
-    device: str | torch.device | None = None,
-    cache: Any = None,
-    preset: str | None = None,
-    **kw: Any,
-) -> MaskSource:
-    """Returns the mask source a name stands for.
-
-    Args:
-        masks: a :class:`MaskSource` (returned as is); ``"sam"`` (automatic mask generator); ``"superpixels"`` or
-            ``"felzenszwalb"`` / ``"slic"``; ``"field:<name>"`` or any other string: a stored ``Detections`` field.
-        sam: the SAM model for ``"sam"`` (a ``Sam``, type, checkpoint path or ``module:function``; default vit_b).
-        sam_checkpoint: checkpoint file for a SAM type.
-        device: device for a SAM loaded here.
-        cache: an EmbeddingCache shared with other stages (``"sam"`` only).
-        preset: generator preset for ``"sam"`` (``"ssa"``, ``"fast"``; None: segment_anything's defaults).
-        **kw: generator settings for ``"sam"``, superpixel parameters for the superpixel sources.
-    """
-    if not isinstance(masks, str):
-        if isinstance(masks, MaskSource):
-            return masks
-        raise TypeError(f"masks must be a name or a MaskSource, got {type(masks).__name__}")
-    name = masks.strip()
-    if name == "sam":
-        if sam is None and cache is not None:
-            model = cache.sam  # the model that already computes the shared embeddings
-        else:
-            model = resolve_sam(sam if sam is not None else "vit_b", checkpoint=sam_checkpoint, device=device)
-        return SamAutomaticSource(model, preset=preset, cache=cache, **kw)
-    if name in ("superpixels", *SUPERPIXEL_METHODS):
-        return SuperpixelSource("felzenszwalb" if name == "superpixels" else name, **kw)
-    if kw:
-        raise TypeError(f"unexpected arguments for a stored-mask source: {sorted(kw)}")
-    return DetectionsSource(name.removeprefix("field:"))

@@ -17,7 +17,6 @@ from samseg_core.mask_sources import (
     SamAutomaticSource,
     SuperpixelSource,
     amg_settings,
-    resolve_mask_source,
 )
 from samseg_core.runner import SampleItem
 from samseg_core.sam_embedding import EmbeddingCache
@@ -159,14 +158,18 @@ def test_superpixels_partition_the_image(method, item):
     assert np.isnan(proposals.predicted_iou).all()
 
 
-def test_resolve_mask_source_names(sam):
-    assert isinstance(resolve_mask_source("sam", sam=sam, preset="fast"), SamAutomaticSource)
-    assert resolve_mask_source("superpixels").name == "felzenszwalb"
-    assert resolve_mask_source("slic", n_segments=10).params == {"n_segments": 10}
-    assert resolve_mask_source("field:sa1b").input_fields == ("sa1b",)
-    assert resolve_mask_source("sa1b").name == "field:sa1b"
-    source = SuperpixelSource()
-    assert resolve_mask_source(source) is source and isinstance(source, MaskSource)
+def test_mask_source_for_names(sam):
+    from samseg_core.stages.sam_options import MaskSourceOptions, mask_source_for
+
+    def source(**values):
+        return mask_source_for(MaskSourceOptions(**MaskSourceOptions.normalize(values)), "cpu")
+
+    assert isinstance(source(masks="sam", sam=sam, amg_preset="fast"), SamAutomaticSource)
+    assert source(masks="superpixels").name == "felzenszwalb"
+    assert source(masks="slic", mask_options={"n_segments": 10}).params == {"n_segments": 10}
+    assert source(masks="field:sa1b").input_fields == ("sa1b",)
+    built = SuperpixelSource()
+    assert source(masks=built) is built and isinstance(built, MaskSource)
 
 
 def test_proposals_fill_unknown_fields_with_nan_and_full_image_crop():

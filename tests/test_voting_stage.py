@@ -234,3 +234,15 @@ def test_delegated_operation_is_queued_then_executed(masked_dataset):
     assert service.get(doc.id).run_state == ExecutionRunState.COMPLETED
     masked_dataset.reload()
     assert masked_dataset.count("queued") == 4 and masked_dataset.count("ssa_masks") == 4
+
+
+def test_a_built_mask_source_is_used(scene_dataset):
+    from samseg_core.mask_sources import SuperpixelSource
+
+    dataset, _ = scene_dataset
+    source = SuperpixelSource("slic", n_segments=20)
+
+    summary = semantic_voting(dataset.limit(1), baseline_field="coarse", masks=source)
+
+    assert summary.extra["mask_source"] == "slic" and summary.processed == 1
+    assert 1 < dataset.count("ssa_masks.detections") <= 40

@@ -124,12 +124,19 @@ class MaskSourceOptions(SamOptions):
         "Further keyword arguments of the mask source (e.g. superpixel n_segments or scale)",
         python_only=True,
     )
+    mask_source: Any = option(
+        None, "A built MaskSource (masks=<MaskSource> lands here); it replaces masks and their settings",
+        python_only=True,
+    )  # fmt: skip
 
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
         """``masks="field:<name>"`` becomes ``masks="field", masks_field=<name>``; a MaskSource object is kept
         as ``mask_source``."""
         masks = values.get("masks")
+        if masks is not None and not isinstance(masks, str):
+            values["mask_source"] = values.pop("masks")
+            return values
         if isinstance(masks, str) and masks.startswith("field:"):
             name = masks.removeprefix("field:")
             if values.get("masks_field") not in (None, name):
@@ -182,6 +189,8 @@ def mask_source_for(options: MaskSourceOptions, device: Any) -> Any:
     """The MaskSource that ``masks`` and its settings name (SAM's generator shares the stage's cache)."""
     from samseg_core.mask_sources import DetectionsSource, SamAutomaticSource, SuperpixelSource
 
+    if options.mask_source is not None:
+        return options.mask_source
     extra = dict(options.mask_options or {})
     try:
         if options.masks == "sam":
