@@ -13,6 +13,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
+from _faults import BatchFailsOnce
 
 from samseg_core import prompt_study
 from samseg_core.labels import read_segmentation
@@ -225,24 +226,12 @@ def test_ids_from_num_classes_on_are_ignored_in_ground_truth_and_wrong_in_predic
     assert first_two["p"]["pixel_accuracy"] == pytest.approx(2 / 3)
 
 
-class _BatchFailsOnce(EmbeddingCache):
-    """Fails the first batch of several images, so the runner retries it sample by sample."""
-
-    failed = False
-
-    def get_many(self, keys, images):
-        if len(keys) > 1 and not self.failed:
-            self.failed = True
-            raise RuntimeError("transient batch failure")
-        return super().get_many(keys, images)
-
-
 def test_gate_counts_of_a_batch_retried_sample_by_sample_are_not_doubled(scene_dataset, cache):
     configs = {"loose": {"prompts": ("points", "box"), "gate": 0.0}}
     clean = prompt_study(
         scene_dataset, configs=configs, baseline_field="coarse", cache=cache, field_prefix="a_"
     )
-    flaky = _BatchFailsOnce(cache.sam)
+    flaky = BatchFailsOnce(cache.sam)
     retried = prompt_study(
         scene_dataset, configs=configs, baseline_field="coarse", cache=flaky, field_prefix="b_"
     )

@@ -9,6 +9,7 @@ import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
+from _faults import BatchFailsOnce
 
 from samseg_core import refine_with_sam
 from samseg_core.errors import StageParameterError
@@ -125,21 +126,9 @@ def test_prompts_given_as_text_are_split(scene_dataset, cache):
     assert np.array_equal(*(read_segmentation(scene_dataset.first()[f]) for f in ("sam_refined", "b")))
 
 
-class _BatchFailsOnce(EmbeddingCache):
-    """Fails the first batch of several images, so the runner retries it sample by sample."""
-
-    failed = False
-
-    def get_many(self, keys, images):
-        if len(keys) > 1 and not self.failed:
-            self.failed = True
-            raise RuntimeError("transient batch failure")
-        return super().get_many(keys, images)
-
-
 def test_counts_of_a_batch_retried_sample_by_sample_are_not_doubled(scene_dataset, cache):
     clean = refine_with_sam(scene_dataset, baseline_field="coarse", label_field="a", cache=cache, gate=0.0)
-    flaky = _BatchFailsOnce(cache.sam)
+    flaky = BatchFailsOnce(cache.sam)
     retried = refine_with_sam(
         scene_dataset, baseline_field="coarse", label_field="b", cache=flaky, gate=0.0, batch_size=4
     )

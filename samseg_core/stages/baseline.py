@@ -7,7 +7,14 @@ from typing import Any
 
 from samseg_core.models.resolve import SEMANTIC, resolve_model
 from samseg_core.runner import RunSummary, SampleItem, StageResult, run_stage
-from samseg_core.stages.options import HEATMAP, SEGMENTATION, StageOptions, option, output_field
+from samseg_core.stages.options import (
+    HEATMAP,
+    SEGMENTATION,
+    StageOptions,
+    mask_dir_option,
+    option,
+    output_field,
+)
 from samseg_core.stages.plan import StagePlan
 from samseg_core.stages.registry import StageSpec, stage
 
@@ -32,10 +39,7 @@ class BaselineOptions(StageOptions):
         None, HEATMAP, "Optional heatmap field of the per-pixel top class probability",
         label="Confidence heatmap field (optional)",
     )  # fmt: skip
-    mask_dir: str | None = option(
-        None, "Write masks as PNGs under <mask_dir>/<field>/ instead of into the database (large datasets)",
-        label="Mask directory (optional)",
-    )  # fmt: skip
+    mask_dir: str | None = mask_dir_option()
 
 
 BASELINE = StageSpec(

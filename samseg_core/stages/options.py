@@ -149,6 +149,14 @@ def input_run(
     return _role(default, help, INPUT_RUN, None, run_kinds=tuple(kinds), required=required, label=label)
 
 
+def mask_dir_option() -> Any:
+    """Declares ``mask_dir``: where a stage writing segmentations puts them as PNGs (None: in the database)."""
+    return option(
+        None, "Write masks as PNGs under <mask_dir>/<field>/ instead of into the database (large datasets)",
+        label="Mask directory (optional)",
+    )  # fmt: skip
+
+
 def queue_name(default: str, help: str, *, label: str | None = None) -> Any:
     """Declares the name of a relabel queue: the sample and label tag and the saved views the stage owns."""
     return _role(default, help, QUEUE, None, required=True, label=label)

@@ -28,6 +28,7 @@ from samseg_core.stages.options import (
     OptionSpec,
     check_option,
     input_field,
+    mask_dir_option,
     option,
     option_specs,
     output_field,
@@ -110,10 +111,7 @@ class RefinementOptions(SamOptions):
     background_id: int = option(
         0, "Class of the released pixels with fill=background", ge=0, le=65535, label="Background id"
     )
-    mask_dir: str | None = option(
-        None, "Write masks as PNGs under <mask_dir>/<field>/ instead of into the database (large datasets)",
-        label="Mask directory (optional)",
-    )  # fmt: skip
+    mask_dir: str | None = mask_dir_option()
 
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:

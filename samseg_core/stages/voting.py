@@ -17,7 +17,15 @@ from samseg_core.masks import resize_mask_nearest
 from samseg_core.models.resolve import SEMANTIC, resolve_model
 from samseg_core.runner import STATS, RunSummary, SampleItem, StageResult, run_stage
 from samseg_core.ssa_format import write_ssa_json
-from samseg_core.stages.options import DETECTIONS, HEATMAP, SEGMENTATION, input_field, option, output_field
+from samseg_core.stages.options import (
+    DETECTIONS,
+    HEATMAP,
+    SEGMENTATION,
+    input_field,
+    mask_dir_option,
+    option,
+    output_field,
+)
 from samseg_core.stages.plan import StagePlan
 from samseg_core.stages.registry import StageSpec, stage
 from samseg_core.stages.sam_options import MaskSourceName, MaskSourceOptions, mask_source_for
@@ -69,10 +77,7 @@ class VotingOptions(MaskSourceOptions):
         "Also write one SSA / SA-1B JSON per image there (<sample id>.json)",
         label="JSON directory (optional)",
     )
-    mask_dir: str | None = option(
-        None, "Write masks as PNGs under <mask_dir>/<field>/ instead of into the database (large datasets)",
-        label="Mask directory (optional)",
-    )  # fmt: skip
+    mask_dir: str | None = mask_dir_option()
 
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
