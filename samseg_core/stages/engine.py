@@ -96,12 +96,9 @@ class EngineOptions(MaskSourceOptions):
 
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """The mask source's normalisation, plus: ``amg_preset=None`` (the old ``mask_preset=None``) is
-        segment_anything's own settings, built models in ``semantic_models`` move to ``segmenters``, and an
-        empty ``vocabulary`` (an untouched form list) means open vocabulary."""
+        """The mask source's normalisation, plus: built models in ``semantic_models`` move to ``segmenters``,
+        and an empty ``vocabulary`` (an untouched form list) means open vocabulary."""
         values = super().normalize(values)
-        if "amg_preset" in values and values["amg_preset"] is None:
-            values["amg_preset"] = "default"
         models = values.get("semantic_models")
         if models is not None and not isinstance(models, (str, os.PathLike)):
             models = list(models) if isinstance(models, (list, tuple)) else [models]

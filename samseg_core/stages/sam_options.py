@@ -132,7 +132,9 @@ class MaskSourceOptions(SamOptions):
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
         """``masks="field:<name>"`` becomes ``masks="field", masks_field=<name>``; a MaskSource object is kept
-        as ``mask_source``."""
+        as ``mask_source``; ``amg_preset=None`` (the old ``preset=None``) is segment_anything's own settings."""
+        if "amg_preset" in values and values["amg_preset"] is None:
+            values["amg_preset"] = "default"
         masks = values.get("masks")
         if masks is not None and not isinstance(masks, str):
             values["mask_source"] = values.pop("masks")

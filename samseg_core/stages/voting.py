@@ -81,11 +81,8 @@ class VotingOptions(MaskSourceOptions):
 
     @classmethod
     def normalize(cls, values: dict[str, Any]) -> dict[str, Any]:
-        """The mask source's normalisation, plus: ``amg_preset=None`` (the old ``preset=None``) is
-        segment_anything's own settings, and with ``semantic_model`` the baseline field defaults to none."""
+        """The mask source's normalisation, plus: with ``semantic_model`` the baseline field defaults to none."""
         values = super().normalize(values)
-        if "amg_preset" in values and values["amg_preset"] is None:
-            values["amg_preset"] = "default"
         if values.get("semantic_model") is not None and "baseline_field" not in values:
             values["baseline_field"] = None
         masks = values.get("masks")
