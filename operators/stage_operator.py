@@ -46,7 +46,7 @@ class StageOperator(foo.Operator):
         inputs = types.Object()
         view = _target_view(ctx)
         forms.build_form(self.SPEC, inputs, ctx.params, view)
-        if view is not None and ctx.params.get("eval_key") != "samseg_iou":
+        if view is not None:
             try:
                 self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
             except StageParameterError as err:
@@ -72,6 +72,15 @@ class StageOperator(foo.Operator):
         summary = result.to_dict()
         summary.setdefault("table", _results_table(summary))
         return summary
+
+    def resolve_output(self, ctx: Any) -> types.Property:
+        outputs = types.Object()
+        for key in ("processed", "skipped", "failed"):
+            outputs.int(key, label=key.capitalize())
+        outputs.float("seconds", label="Seconds")
+        outputs.str("table", label="Results", view=types.MarkdownView())
+        outputs.obj("errors", label="Errors (sample id -> message)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
 
 
 _SHOWN_APART = {"processed", "skipped", "failed", "seconds", "errors", "table"}

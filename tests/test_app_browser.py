@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.browser
 
@@ -209,12 +208,9 @@ def test_operator_browser_lists_samseg_and_runs_evaluation_from_its_form(
     page.get_by_role("button", name="Execute").click()
 
     mious = _poll_dataset(app_dataset, "samseg_iou_miou")
-    summary = page.get_by_text("Processed:").first
-    try:  # the run summary (resolve_output); the App's reload_dataset trigger sometimes closes it first
-        summary.wait_for(timeout=10_000)
-        page.get_by_role("button", name="Close").click()
-    except PlaywrightTimeoutError:
-        pass
+    page.get_by_text("Processed:").first.wait_for()  # the run summary (resolve_output)
+    page.get_by_text("eval_key").first.wait_for()  # its results table (a code block of key  value lines)
+    page.get_by_role("button", name="Close").click()
     page.get_by_text("samseg_iou_miou", exact=True).first.wait_for()  # the App reloaded the new fields
     _save_screenshot(page, tmp_path / "app_after_evaluate_iou.png", SCREENSHOT_COPY)
     assert mious == pytest.approx(_expected_miou(app_dataset))

@@ -194,12 +194,33 @@ def _operator_refusal(spec: Any, samples: Any, kwargs: dict[str, Any], case: Cas
     )
 
 
+def _invalid_inputs(spec: Any, samples: Any, params: dict[str, Any]) -> dict[str, str]:
+    """``{input: error message}`` of the inputs the operator's form marks invalid for ``params``."""
+    from types import SimpleNamespace
+
+    import fiftyone.operators as foo
+
+    ctx = SimpleNamespace(params=params, dataset=samples._dataset, target_view=lambda: samples)
+    form = foo.get_operator(f"{PLUGIN}/{spec.name}").resolve_input(ctx).type
+    return {name: prop.error_message for name, prop in form.properties.items() if prop.invalid}
+
+
+def _form_refusal(spec: Any, samples: Any, kwargs: dict[str, Any], case: Case) -> str | None:
+    from operators.forms import params_from_kwargs
+
+    invalid = _invalid_inputs(spec, samples, params_from_kwargs(spec, kwargs))
+    if not invalid:
+        return "not marked invalid"
+    named = any(p in invalid or any(p in message for message in invalid.values()) for p in case.params)
+    return None if named else f"marked {invalid} but not {sorted(case.params)}"
+
+
 @pytest.mark.parametrize("name", STAGES)
 def test_bad_parameters_are_refused_before_anything_is_written(contract, workdir, name):
     spec, sdk = get_stage(name)
     example = stage_example(name, workdir)
     directories = [workdir / "masks"]
-    failures: dict[str, list[str]] = {"sdk": [], "operator": []}
+    failures: dict[str, list[str]] = {"sdk": [], "operator": [], "form": []}
     cases = bad_cases(spec, example)
     for case in cases:
         _prepare(contract, case)
@@ -207,7 +228,8 @@ def test_bad_parameters_are_refused_before_anything_is_written(contract, workdir
         kwargs = {**example, **case.overrides}
         before = snapshot(contract, directories)
         for face, refusal in (("sdk", _sdk_refusal(sdk, samples, kwargs, case)),
-                              ("operator", _operator_refusal(spec, samples, kwargs, case))):  # fmt: skip
+                              ("operator", _operator_refusal(spec, samples, kwargs, case)),
+                              ("form", _form_refusal(spec, samples, kwargs, case))):  # fmt: skip
             changed = changes(before, snapshot(contract, directories))
             if (
                 refusal
@@ -218,9 +240,43 @@ def test_bad_parameters_are_refused_before_anything_is_written(contract, workdir
     total = len(cases)
     print(
         f"\n{name}: bad-parameter cases refused cleanly: SDK {total - len(failures['sdk'])}/{total}, "
-        f"operators {total - len(failures['operator'])}/{total}"
+        f"operators {total - len(failures['operator'])}/{total}, "
+        f"forms marked invalid {total - len(failures['form'])}/{total}"
     )
-    assert failures == {"sdk": [], "operator": []}
+    assert failures == {"sdk": [], "operator": [], "form": []}
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_the_default_form_marks_a_missing_input_invalid(name):
+    """With every option at its default (run keys included), a missing input shows inline in the form."""
+    import fiftyone as fo
+
+    spec, _ = get_stage(name)
+    required = [o for o in spec.stage_options() if o.role == INPUT and o.info.required and not o.many]
+    if not required:
+        pytest.skip(f"{name} reads no required input field")
+    ds = fo.Dataset()
+    ds.add_sample(fo.Sample(filepath="/nonexistent/image.png"))
+    try:
+        from operators.forms import form_options, params_from_kwargs
+
+        defaults = {o.name: o.default for o in form_options(spec) if o.default is not inspect.Parameter.empty}
+        params = params_from_kwargs(spec, {**defaults, required[0].name: "no_such_field"})  # as the App sends
+        invalid = _invalid_inputs(spec, ds.view(), params)
+        assert required[0].name in invalid and "no_such_field" in invalid[required[0].name]
+    finally:
+        ds.delete()
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_operator_declares_its_run_summary_output(name):
+    from types import SimpleNamespace
+
+    import fiftyone.operators as foo
+
+    output = foo.get_operator(f"{PLUGIN}/{name}").resolve_output(SimpleNamespace(params={}))
+    assert output is not None, "without resolve_output the App shows no summary after a run"
+    assert {"processed", "skipped", "failed", "errors"} <= set(output.type.properties)
 
 
 @pytest.mark.parametrize("name", STAGES)
