@@ -100,21 +100,14 @@ def detections_from_masks(
     if n == 0:
         return fo.Detections(detections=[])
     boxes = masks_to_boxes_xyxy(masks)
-    nonempty = masks.reshape(n, -1).any(axis=1)
-    detections = []
-    for i in np.flatnonzero(nonempty):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        det = fo.Detection(
-            label=str(labels[i]),
-            bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
-            mask=masks[i, y0 : y1 + 1, x0 : x1 + 1].copy(),
-        )
-        if confidences is not None:
-            det.confidence = float(confidences[i])
-        for key, values in (attributes or {}).items():
-            det[key] = to_python(values[i])
-        detections.append(det)
-    return fo.Detections(detections=detections)
+    nonempty = np.flatnonzero(masks.reshape(n, -1).any(axis=1))
+    windows = (
+        (int(i), boxes[i], masks[i, boxes[i][1] : boxes[i][3] + 1, boxes[i][0] : boxes[i][2] + 1].copy())
+        for i in nonempty  # copies: a view would keep the whole (N, H, W) stack alive with the labels
+    )
+    return detections_from_box_masks(
+        windows, labels, (height, width), confidences=confidences, attributes=attributes
+    )
 
 
 def detections_from_box_masks(
