@@ -1,16 +1,18 @@
 """GPU throughput of samseg's stages against the per-mask / per-prompt reference loops, in one run.
 
-Images per second of: the baseline segmenter (tiled argmax vs SSA's full C x H x W upsample), SAM's automatic
-mask generator at SSA's settings with every threshold at 0 (each candidate mask survives: the worst case) and
-semantic voting (vectorised vs SSA's loop over masks), SAM refinement (all prompt sets in one decoder call vs
-one call per prompt set, the study's loop) and the SSA-engine (masks batched vs one model call per mask, SSA's
-loop). Models are random-weight, full-size (SAM vit_b and vit_h, SegFormer-B5 with 150 classes, CLIP ViT-L/14,
-BLIP-large-sized, CLIPSeg rd64): speed only, never quality.
+Images per second of: the baseline segmenter (tiled argmax vs SSA's full C x H x W upsample), the automatic
+mask generator at SSA's settings with every threshold at 0 (each candidate mask survives: the worst case) —
+samseg's generator vs ``segment_anything.SamAutomaticMaskGenerator`` on the same model — and semantic voting
+(vectorised vs SSA's loop over masks), SAM refinement (all prompt sets in one decoder call vs one call per prompt
+set, the study's loop) and the SSA-engine (masks batched vs one model call per mask, SSA's loop). Models are
+random-weight, full-size (SAM vit_b and vit_h, SAM 2.1 Hiera-L through transformers, SegFormer-B5 with 150
+classes, CLIP ViT-L/14, BLIP-large-sized, CLIPSeg rd64): speed only, never quality. SAM 2.1 has no reference
+generator (segment_anything cannot run it), so its AMG row stands alone.
 
 Needs samseg_core, torch, segment_anything, transformers and open_clip; no FiftyOne, no database. Without CUDA it
 says so and exits 0; ``--cpu-smoke`` runs the whole pipeline on CPU with tiny models to prove the code paths.
 
-    python bench/gpu.py                      # CUDA: vit_b and vit_h, 2 images of 1024x2048
+    python bench/gpu.py                      # CUDA: vit_b, vit_h, sam2.1-hiera-large, 2 images of 1024x2048
     python bench/gpu.py --sam vit_b --images 4 --size 768x1024
     python bench/gpu.py --cpu-smoke          # any machine, about a minute
 """
@@ -132,17 +134,28 @@ def build_segmenter(setup: Setup, max_elements: int = 2**24):
 
 
 def build_sam(setup: Setup, model_type: str):
-    """A random-weight SAM of ``model_type`` (tiny 256 px SAM for the smoke run) on the device, in eval mode."""
+    """A random-weight SAM-family model behind the promptable interface, on the device: ``vit_*``
+    (segment_anything), ``sam2.1-hiera-*`` (transformers), or for the smoke run ``tiny`` / ``sam2-tiny``."""
+    from samseg_core.models.promptable import load_promptable
+
     torch.manual_seed(0)
-    if setup.smoke:
+    if model_type == "tiny":
         from samseg_core.testing import tiny_sam
 
         sam = tiny_sam()
+    elif model_type == "sam2-tiny":
+        from samseg_core.testing.tiny_sam_family import tiny_transformers_sam
+
+        sam = tiny_transformers_sam("sam2")[0]
+    elif model_type.startswith("sam2"):
+        from samseg_core.testing.tiny_sam_family import full_size_sam2
+
+        sam = full_size_sam2(model_type)
     else:
         from segment_anything import sam_model_registry
 
         sam = sam_model_registry[model_type](checkpoint=None)
-    return sam.to(setup.device).eval()
+    return load_promptable(sam.eval(), device=setup.device)
 
 
 def build_engine(setup: Setup, batch_size: int | None = None):
@@ -224,36 +237,60 @@ def bench_baseline(setup: Setup, images: list[np.ndarray]) -> tuple[list[Row], l
     return rows, predictions
 
 
-def amg_source(setup: Setup, sam: Any):
-    """SAM's generator at SSA's settings with the quality thresholds at 0 (every candidate mask survives)."""
-    from samseg_core.mask_sources import SamAutomaticSource
+def amg_settings(setup: Setup) -> dict[str, Any]:
+    """SSA's generator settings with the quality thresholds at 0 (every candidate mask survives)."""
+    from samseg_core.mask_sources import SSA_PRESET
 
-    overrides: dict[str, Any] = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    settings: dict[str, Any] = {**SSA_PRESET, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
     if setup.smoke:
-        overrides.update(points_per_side=8, points_per_batch=64)
-    return SamAutomaticSource(sam, preset="ssa", **overrides)
+        settings.update(points_per_side=8, points_per_batch=64)
+    return settings
+
+
+def bench_reference_amg(setup: Setup, sam: Any, name: str, images: list[np.ndarray]) -> list[Row]:
+    """segment_anything's ``SamAutomaticMaskGenerator`` on the same model and settings (segment_anything only)."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    from samseg_core.models.device import autocast_context
+
+    if not hasattr(sam, "sam"):
+        return []
+    generator = SamAutomaticMaskGenerator(sam.sam, output_mode="binary_mask", **amg_settings(setup))
+    n = setup.reference_images
+
+    def run():
+        with autocast_context(setup.device):
+            return [generator.generate(image) for image in images[:n]]
+
+    records, seconds, peak = measure(setup, run)
+    count = float(np.mean([len(r) for r in records]))
+    return [Row(f"SAM AMG {name}", "SamAutomaticMaskGenerator", seconds, n, count, peak)]
 
 
 def bench_amg_and_voting(
     setup: Setup, sam: Any, name: str, images: list[np.ndarray], baselines: list[Any]
 ) -> tuple[list[Row], list[np.ndarray]]:
     """AMG proposals, then voting vectorised vs SSA's per-mask loop (on ``reference_images`` images)."""
+    from samseg_core.mask_sources import SamAutomaticSource
     from samseg_core.runner import SampleItem
     from samseg_core.testing.reference_voting import vote_per_mask_reference
     from samseg_core.voting import vote_masks
 
-    source = amg_source(setup, sam)
+    source = SamAutomaticSource(sam, preset=None, **amg_settings(setup))
     items = [SampleItem(f"img{i}", "", image) for i, image in enumerate(images)]
+    source.proposals(items[0])  # warm-up (kernels, allocator)
     proposals, seconds, peak = measure(setup, lambda: [source.proposals(item) for item in items])
     counts = [len(p) for p in proposals]
-    masks = [p.masks for p in proposals]
-    rows = [Row(f"SAM AMG {name}", "SSA settings, thresholds 0", seconds, len(images), np.mean(counts), peak)]
+    variant = "samseg generator (SSA, thr 0)"
+    rows = [Row(f"SAM AMG {name}", variant, seconds, len(images), np.mean(counts), peak)]
+    rows += bench_reference_amg(setup, sam, name, images)
 
     labels = [pred.labels for pred in baselines]
     confidences = [pred.confidence for pred in baselines]
     _, seconds, peak = measure(
-        setup, lambda: [vote_masks(m, b, confidence=c) for m, b, c in zip(masks, labels, confidences)]
+        setup, lambda: [vote_masks(p, b, confidence=c) for p, b, c in zip(proposals, labels, confidences)]
     )
+    masks = [p.masks for p in proposals]  # dense stacks for the per-mask references below
     rows.append(Row(f"voting {name}", "vectorised (samseg)", seconds, len(images), np.mean(counts), peak))
     n = setup.reference_images
     _, seconds, peak = measure(
@@ -286,7 +323,7 @@ def bench_refinement(
 
         def run(count=count, kwargs=kwargs):
             return [
-                refine_semantic(cache.predictor(key, image), baseline, prompts=("points", "box"), **kwargs)
+                refine_semantic(cache.prompt_image(key, image), baseline, prompts=("points", "box"), **kwargs)
                 for key, image, baseline in zip(keys[:count], images[:count], labels[:count])
             ]
 
@@ -351,7 +388,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny models on CPU: prove every code path")
-    parser.add_argument("--sam", default="vit_b,vit_h", help="SAM types, comma separated")
+    parser.add_argument(
+        "--sam", default="vit_b,vit_h,sam2.1-hiera-large", help="SAM-family architectures, comma separated"
+    )
     parser.add_argument("--images", type=int, default=2, help="images per stage")
     parser.add_argument("--size", default="1024x2048", help="image size HxW (Cityscapes: 1024x2048)")
     parser.add_argument("--reference-images", type=int, default=1, help="images for the slow reference loops")
@@ -376,7 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_images=min(args.reference_images, args.images),
         engine_masks=8 if args.cpu_smoke else args.engine_masks,
     )
-    sam_types = ["tiny"] if setup.smoke else [s.strip() for s in args.sam.split(",") if s.strip()]
+    sam_types = (
+        ["tiny", "sam2-tiny"] if setup.smoke else [s.strip() for s in args.sam.split(",") if s.strip()]
+    )
     device_name = (
         torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "CPU (smoke run)"
     )

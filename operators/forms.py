@@ -49,6 +49,8 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
     common = {"label": option.label, "description": option.info.help, "required": False}
     if option.role in (INPUT, INPUT_RUN):
         _add_picker(inputs, option, _picker_choices(option, samples), common)
+    elif option.info.suggestions:
+        _add_suggestions(inputs, option, common)
     elif option.role in (OUTPUT, OUTPUT_RUN, QUEUE) or option.kind in _TEXT_KINDS:
         default = option.default if isinstance(option.default, str) else ""
         inputs.str(option.name, default=default, **common)
@@ -65,6 +67,15 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
         inputs.list(option.name, types.String(), default=default, **common)
     else:
         raise TypeError(f"no form input for option {option.name} of kind {option.kind}")
+
+
+def _add_suggestions(inputs: types.Object, option: OptionSpec, common: dict) -> None:
+    """Free text with the declared values offered (e.g. SAM types and hub ids; any other spec may be typed)."""
+    view = types.AutocompleteView(label=option.label, allow_user_input=True)
+    for value in option.info.suggestions:
+        view.add_choice(value, label=value)
+    default = option.default if isinstance(option.default, str) else ""
+    inputs.str(option.name, default=default, view=view, **common)
 
 
 def _picker_choices(option: OptionSpec, samples: Any) -> list[str] | None:

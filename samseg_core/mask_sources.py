@@ -15,13 +15,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from segment_anything import SamAutomaticMaskGenerator, SamPredictor
-from segment_anything.modeling import Sam
 
+from samseg_core.amg import AutomaticMaskGenerator, GeneratedMasks
 from samseg_core.mask_runs import MaskRuns, Order, runs_from_dense, runs_from_labels
 from samseg_core.masks import masks_of_detections, masks_to_boxes_xyxy
+from samseg_core.models.promptable import PromptableModel
 from samseg_core.runner import SampleItem
-from samseg_core.sam_embedding import EmbeddingCache, ImageEmbedding
 
 SSA_PRESET: dict[str, Any] = dict(
     points_per_side=64,
@@ -50,10 +49,11 @@ SUPERPIXEL_METHODS = ("felzenszwalb", "slic")
 class MaskProposals:
     """All mask proposals of one image, with SAM's per-mask fields (nan where a source does not know them).
 
-    The masks are held either as a dense ``(N, H, W)`` stack (SAM, stored masks) or, for a partition of the
-    image (superpixels), as one ``(H, W)`` label map whose region ``k`` is mask ``k``: then nothing of size
-    N x H x W is made unless :attr:`masks` is read. Voting (:meth:`mask_runs`), boxes, box-relative masks
-    (:meth:`box_masks`) and areas work on either form without a dense stack of a label map.
+    The masks are held as a dense ``(N, H, W)`` stack (stored masks), as runs (:class:`MaskRuns`: samseg's
+    automatic mask generator) or, for a partition of the image (superpixels), as one ``(H, W)`` label map whose
+    region ``k`` is mask ``k``. For runs and label maps nothing of size N x H x W is made unless :attr:`masks` is
+    read: voting (:meth:`mask_runs`), boxes, box-relative masks (:meth:`box_masks`) and areas work on every form
+    without a dense stack.
 
     Attributes:
         predicted_iou: ``(N,)`` float32 SAM's predicted mask quality.
@@ -73,11 +73,17 @@ class MaskProposals:
         *,
         regions: np.ndarray | None = None,
         num_regions: int | None = None,
+        runs: MaskRuns | None = None,
     ) -> None:
-        if (masks is None) == (regions is None):
-            raise ValueError("MaskProposals needs either masks (N, H, W) or regions (H, W)")
+        if sum(x is not None for x in (masks, regions, runs)) != 1:
+            raise ValueError("MaskProposals needs one of masks (N, H, W), regions (H, W) or runs")
         self._runs: MaskRuns | None = None
-        if regions is not None:
+        if runs is not None:
+            if runs.order != "C":
+                raise ValueError("MaskProposals keeps row-major ('C') runs")
+            self.regions, self._masks, self._runs = None, None, runs
+            self._count, self._size = int(runs.num_masks), (int(runs.shape[0]), int(runs.shape[1]))
+        elif regions is not None:
             self.regions: np.ndarray | None = _region_map(regions)
             self._masks: np.ndarray | None = None
             self._count = int(num_regions if num_regions is not None else _region_count(self.regions))
@@ -103,6 +109,12 @@ class MaskProposals:
         return cls(masks=masks, **_default_fields(n, height, width, fields))
 
     @classmethod
+    def from_runs(cls, runs: MaskRuns, **fields: Any) -> MaskProposals:
+        """Returns proposals of row-major ``runs`` (no dense stack); unknown SAM fields are nan."""
+        height, width = runs.shape
+        return cls(runs=runs, **_default_fields(runs.num_masks, height, width, fields))
+
+    @classmethod
     def from_regions(
         cls, regions: np.ndarray, num_regions: int | None = None, **fields: Any
     ) -> MaskProposals:
@@ -115,7 +127,9 @@ class MaskProposals:
     @property
     def masks(self) -> np.ndarray:
         """``(N, H, W)`` bool masks at image resolution; from a label map this builds N x H x W bytes."""
-        if self._masks is None:
+        if self._masks is None and self.regions is None:
+            self._masks = self._runs.to_dense()
+        elif self._masks is None:
             self._masks = (
                 self.regions[None] == np.arange(self._count, dtype=self.regions.dtype)[:, None, None]
             )
@@ -123,8 +137,8 @@ class MaskProposals:
 
     @property
     def dense(self) -> bool:
-        """Whether the masks are held as a dense stack (False: a region label map)."""
-        return self.regions is None
+        """Whether the masks are held as a dense stack (False: runs or a region label map)."""
+        return self._masks is not None and self.regions is None
 
     def mask_runs(self, order: Order = "C") -> MaskRuns:
         """The masks as :class:`~samseg_core.mask_runs.MaskRuns` (``"F"``: COCO RLE order)."""
@@ -132,6 +146,9 @@ class MaskProposals:
             return self._runs
         if self.regions is not None:
             runs = runs_from_labels(self.regions, self._count, order)
+        elif self._masks is None:  # held as runs: column-major order only for SSA's JSON export
+            runs = runs_from_dense(self.masks.transpose(0, 2, 1))
+            runs.order, runs.shape = "F", self._size
         elif order == "C":
             runs = runs_from_dense(self._masks)
         else:
@@ -144,13 +161,13 @@ class MaskProposals:
     @property
     def areas(self) -> np.ndarray:
         """``(N,)`` int64 pixels per mask."""
-        if self.regions is not None:
+        if not self.dense:
             return self.mask_runs().areas()
         return self._masks.sum(axis=(1, 2), dtype=np.int64)
 
     def boxes_xyxy(self) -> np.ndarray:
         """``(N, 4)`` int64 tight boxes ``[x0, y0, x1, y1]`` (inclusive); empty masks: 0s."""
-        if self.regions is not None:
+        if not self.dense:
             return self.mask_runs().boxes_xyxy()
         return masks_to_boxes_xyxy(self._masks)
 
@@ -165,6 +182,8 @@ class MaskProposals:
             window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
             if self.regions is not None:
                 yield int(i), boxes[i], self.regions[window] == i
+            elif self._masks is None:
+                yield int(i), boxes[i], _box_mask_of_runs(self._runs, int(i), boxes[i])
             else:
                 yield int(i), boxes[i], self._masks[i][window].copy()
 
@@ -175,6 +194,19 @@ class MaskProposals:
 
     def __len__(self) -> int:
         return self._count
+
+
+def _box_mask_of_runs(runs: MaskRuns, index: int, box: np.ndarray) -> np.ndarray:
+    """Mask ``index`` of row-major ``runs`` inside its inclusive xyxy ``box`` (cost: the mask's area)."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    lo, hi = np.searchsorted(runs.mask_index, [index, index + 1])
+    starts, lengths = runs.start[lo:hi], runs.length[lo:hi]
+    offsets = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    pixels = np.repeat(starts, lengths) + offsets
+    width = runs.shape[1]
+    window = np.zeros((y1 - y0 + 1, x1 - x0 + 1), bool)
+    window[pixels // width - y0, pixels % width - x0] = True
+    return window
 
 
 def _region_map(regions: Any) -> np.ndarray:
@@ -223,87 +255,54 @@ def _image_of(item: SampleItem) -> np.ndarray:
 
 def resolve_sam(
     sam: Any = "vit_b", *, checkpoint: str | None = None, device: str | torch.device | None = None
-):
-    """Returns a ``segment_anything`` Sam in eval mode from a type, checkpoint path, ``module:function`` or model."""
+) -> PromptableModel:
+    """Returns the SAM-family model a ``sam=`` spec names (type, checkpoint, hub id, directory, ``module:function``
+    or a built model) behind the promptable interface."""
     from samseg_core.models.factory import build_from_spec, is_factory_spec
-    from samseg_core.models.sam import load_sam
+    from samseg_core.models.sam_family import load_sam_family
 
     if is_factory_spec(sam):
         sam = build_from_spec(sam)
-    return load_sam(sam, checkpoint=checkpoint, device=device).eval()
+    return load_sam_family(sam, checkpoint=checkpoint, device=device)
 
 
 def amg_settings(preset: str | None = "ssa", **overrides: Any) -> dict[str, Any]:
-    """Returns ``SamAutomaticMaskGenerator`` keyword arguments: a preset's (None: segment_anything's) + overrides.
+    """Returns automatic mask generator keyword arguments: a preset's (None: segment_anything's) + overrides.
 
     Raises:
         ValueError: for an unknown preset; TypeError for a setting the generator does not have.
     """
     if preset is not None and preset not in AMG_PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(AMG_PRESETS)} or None")
-    valid = set(inspect.signature(SamAutomaticMaskGenerator.__init__).parameters) - {"self", "model"}
+    valid = set(inspect.signature(AutomaticMaskGenerator.__init__).parameters) - {"self", "model"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise TypeError(f"unknown automatic mask generator settings {unknown}; valid: {sorted(valid)}")
     settings = {**(AMG_PRESETS[preset] if preset else {}), **overrides}
     if settings.get("point_grids") is not None:
         settings["points_per_side"] = None
-    settings["output_mode"] = "binary_mask"
     return settings
 
 
-class _PrimedPredictor(SamPredictor):
-    """A ``SamPredictor`` whose ``set_image`` takes a cached embedding instead of running the image encoder."""
-
-    def __init__(self, sam: Any, embedding: ImageEmbedding) -> None:
-        super().__init__(sam)
-        self.embedding = embedding
-
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        """Sets the cached embedding after checking that it is for an image of this size."""
-        if tuple(image.shape[:2]) != tuple(self.embedding.original_size):
-            raise ValueError(
-                f"cached embedding is for size {self.embedding.original_size}, not {image.shape[:2]}"
-            )
-        self.reset_image()
-        self.features = self.embedding.features
-        self.original_size = tuple(self.embedding.original_size)
-        self.input_size = tuple(self.embedding.input_size)
-        self.is_image_set = True
-
-
-class _CachedGenerator(SamAutomaticMaskGenerator):
-    """The automatic mask generator, taking the full-image embedding from an EmbeddingCache (crops still encode)."""
-
-    cache: EmbeddingCache | None = None
-    key: str | None = None
-
-    def _process_crop(self, image, crop_box, crop_layer_idx, orig_size):  # upstream signature
-        whole = list(crop_box) == [0, 0, orig_size[1], orig_size[0]]
-        if self.cache is None or self.key is None or not whole:
-            return super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
-        own = self.predictor
-        self.predictor = _PrimedPredictor(own.model, self.cache.get(self.key, image))
-        try:
-            return super()._process_crop(image, crop_box, crop_layer_idx, orig_size)
-        finally:
-            self.predictor = own
-
-
 class SamAutomaticSource:
-    """SAM's automatic mask generator (``segment_anything.SamAutomaticMaskGenerator``) as a mask source.
+    """samseg's automatic mask generator (:class:`~samseg_core.amg.AutomaticMaskGenerator`, the settings and
+    semantics of ``segment_anything.SamAutomaticMaskGenerator``) as a mask source, for any SAM-family backend.
 
     Args:
-        sam: a ``Sam`` model, or anything :func:`resolve_sam` accepts (type, checkpoint path, factory spec).
+        sam: a ``PromptableModel``, or anything :func:`resolve_sam` accepts (type, checkpoint path, hub id,
+            directory, factory spec, a built model).
         preset: ``"ssa"`` (:data:`SSA_PRESET`), ``"fast"`` (:data:`FAST_PRESET`) or None (segment_anything's
             defaults).
         cache: an :class:`~samseg_core.sam_embedding.EmbeddingCache` of this model: the full-image crop reuses the
             embedding cached under the sample id (computed once per image, shared with other stages).
         device: device for a model given by name.
-        **amg_overrides: any ``SamAutomaticMaskGenerator`` setting (``points_per_side``, ``points_per_batch``,
-            ``pred_iou_thresh``, ``stability_score_thresh``, ``stability_score_offset``, ``box_nms_thresh``,
-            ``crop_n_layers``, ``crop_nms_thresh``, ``crop_overlap_ratio``, ``crop_n_points_downscale_factor``,
-            ``point_grids``, ``min_mask_region_area``).
+        **amg_overrides: any generator setting (``points_per_side``, ``points_per_batch``, ``pred_iou_thresh``,
+            ``stability_score_thresh``, ``stability_score_offset``, ``box_nms_thresh``, ``crop_n_layers``,
+            ``crop_nms_thresh``, ``crop_overlap_ratio``, ``crop_n_points_downscale_factor``, ``point_grids``,
+            ``min_mask_region_area``).
+
+    Attributes:
+        oom_halvings: the new ``points_per_batch`` of each CUDA out-of-memory halving so far (for run summaries).
     """
 
     name = "sam"
@@ -318,37 +317,37 @@ class SamAutomaticSource:
         device: str | torch.device | None = None,
         **amg_overrides: Any,
     ) -> None:
-        self.sam = sam if isinstance(sam, Sam) else resolve_sam(sam, device=device)
-        if cache is not None and cache.sam is not self.sam:
+        if cache is not None and cache.owns(sam):
+            self.model = cache.model
+        else:
+            self.model = sam if isinstance(sam, PromptableModel) else resolve_sam(sam, device=device)
+        if cache is not None and cache.model is not self.model:
             raise ValueError("the embedding cache belongs to another SAM model")
         self.settings = amg_settings(preset, **amg_overrides)
         self.cache = cache
-        self.generator = _CachedGenerator(self.sam, **self.settings)
-        self.generator.cache = cache
+        self.generator = AutomaticMaskGenerator(self.model, **self.settings)
+
+    @property
+    def oom_halvings(self) -> list[int]:
+        """The new ``points_per_batch`` of each out-of-memory halving so far."""
+        return list(self.generator.oom_halvings)
 
     @torch.inference_mode()
     def proposals(self, item: SampleItem) -> MaskProposals:
         """Runs the generator on ``item.image``; the full-image embedding comes from the cache when there is one."""
         image = _image_of(item)
-        self.generator.key = item.id
-        try:
-            records = self.generator.generate(image)
-        finally:
-            self.generator.key = None
-        return proposals_from_sam_records(records, image.shape[:2])
+        embeddings = self.cache.get(item.id, image).embeddings if self.cache is not None else None
+        return proposals_from_generated(self.generator.generate(image, embeddings=embeddings))
 
 
-def proposals_from_sam_records(records: list[Mapping[str, Any]], size: tuple[int, int]) -> MaskProposals:
-    """Returns proposals from ``SamAutomaticMaskGenerator.generate`` records (binary-mask output mode)."""
-    height, width = size
-    if not records:
-        return MaskProposals.from_masks(np.zeros((0, height, width), bool))
-    return MaskProposals(
-        masks=np.stack([np.asarray(r["segmentation"], bool) for r in records]),
-        predicted_iou=[r["predicted_iou"] for r in records],
-        stability_score=[r["stability_score"] for r in records],
-        point_coords=[r["point_coords"][0] for r in records],
-        crop_box=[r["crop_box"] for r in records],
+def proposals_from_generated(masks: GeneratedMasks) -> MaskProposals:
+    """Returns proposals of the generator's output, kept as runs (no dense stack)."""
+    return MaskProposals.from_runs(
+        masks.runs,
+        predicted_iou=masks.predicted_iou,
+        stability_score=masks.stability_score,
+        point_coords=masks.point_coords,
+        crop_box=masks.crop_box,
     )
 
 

@@ -227,12 +227,17 @@ def region_geometry(
     return RegionGeometry(areas, boxes, points, ext)
 
 
-def mask_prompt_frame(image_hw: tuple[int, int], encoder_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def mask_prompt_frame(
+    image_hw: tuple[int, int], encoder_size: int = 1024, pad: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns (rows, cols): for each low-res mask-input row/column the image row/column under its centre,
-    -1 in the padding. The low-res side is ``encoder_size // 4``."""
+    -1 in the padding. The low-res side is ``encoder_size // 4``. ``pad=False`` is SAM 2's frame: the image is
+    resized to the whole square, so there is no padding."""
     height, width = (int(s) for s in image_hw)
     scale = encoder_size / max(height, width)
     input_h, input_w = int(height * scale + 0.5), int(width * scale + 0.5)  # ResizeLongestSide's rounding
+    if not pad:
+        input_h = input_w = encoder_size
     side = encoder_size // 4
     factor = encoder_size // side
 
@@ -244,8 +249,8 @@ def mask_prompt_frame(image_hw: tuple[int, int], encoder_size: int = 1024) -> tu
     return axis(height, input_h), axis(width, input_w)
 
 
-def _lowres_labels(labels: np.ndarray, encoder_size: int) -> np.ndarray:
-    rows, cols = mask_prompt_frame(labels.shape, encoder_size)
+def _lowres_labels(labels: np.ndarray, encoder_size: int, pad: bool = True) -> np.ndarray:
+    rows, cols = mask_prompt_frame(labels.shape, encoder_size, pad)
     sampled = labels[np.maximum(rows, 0)[:, None], np.maximum(cols, 0)[None, :]]
     sampled[rows < 0, :] = 0
     sampled[:, cols < 0] = 0
@@ -306,11 +311,11 @@ def extreme_points(mask: np.ndarray) -> np.ndarray:
 
 
 def mask_prompt(
-    mask: np.ndarray, encoder_size: int = 1024, mask_logit: float = DEFAULT_MASK_LOGIT
+    mask: np.ndarray, encoder_size: int = 1024, mask_logit: float = DEFAULT_MASK_LOGIT, pad: bool = True
 ) -> np.ndarray:
     """Returns the mask as SAM's (S, S) float32 mask input (S = encoder_size / 4): ``+mask_logit`` inside,
-    ``-mask_logit`` outside and in the padding (see the module docstring for the frame)."""
-    lowres = _lowres_labels(np.asarray(mask) != 0, encoder_size)
+    ``-mask_logit`` outside and in the padding (see the module docstring for the frame; ``pad=False``: SAM 2)."""
+    lowres = _lowres_labels(np.asarray(mask) != 0, encoder_size, pad)
     return np.where(lowres, mask_logit, -mask_logit).astype(np.float32)
 
 
@@ -343,6 +348,7 @@ def prompt_sets_from_semantic(
     ignore_classes: Iterable[int] = (255,),
     *,
     encoder_size: int = 1024,
+    pad: bool = True,
     mask_logit: float = DEFAULT_MASK_LOGIT,
     connectivity: int = 8,
 ) -> list[PromptSet]:
@@ -359,6 +365,7 @@ def prompt_sets_from_semantic(
             set. A class whose regions are all smaller still gets the point of its largest region.
         ignore_classes: class ids that get no prompts (e.g. 255 = unlabeled).
         encoder_size: SAM's encoder input side (1024 for the released models), for ``"mask"``.
+        pad: whether the model pads its input to the square (SAM, SAM-HQ) or stretches it (SAM 2), for ``"mask"``.
         mask_logit: magnitude of the mask prompt's logits.
         connectivity: 4 or 8, for connected regions.
 
@@ -410,7 +417,7 @@ def prompt_sets_from_semantic(
         else None
     )
     masks = unit_labels[None] == unit_ids[:, None, None]
-    lowres = _lowres_labels(unit_labels, encoder_size) if "mask" in kinds else None
+    lowres = _lowres_labels(unit_labels, encoder_size, pad) if "mask" in kinds else None
 
     out = []
     for k, (uid, class_id) in enumerate(zip(unit_ids, unit_class)):

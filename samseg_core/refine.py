@@ -2,7 +2,8 @@
 segmentation?"), with a no-harm gate.
 
 Per image: prompt sets from the baseline (:mod:`samseg_core.prompts`) -> all of them through one batched
-``SamPredictor.predict_torch`` call (chunked only beyond ``max_prompts_per_call``) -> three multimask
+decoder call of the image's SAM-family model (:class:`~samseg_core.models.promptable.PromptImage`; chunked only
+beyond ``max_prompts_per_call``) -> three multimask
 candidates each -> one candidate per prompt set, chosen by IoU with the baseline region (the study) or by
 SAM's predicted IoU -> the **no-harm gate**: the chosen candidate is accepted only when its IoU with the
 baseline region is at least ``gate`` (``gate=0`` accepts everything, as the study did) -> accepted masks
@@ -43,7 +44,7 @@ from samseg_core.prompts import (
 )
 
 __all__ = [
-    "PromptPredictor",
+    "PromptTarget",
     "RefinedRegions",
     "RefinementResult",
     "aggregate_masks",
@@ -56,27 +57,26 @@ Selection = Literal["baseline_iou", "predicted_iou"]
 Fill = Literal["baseline", "background"]
 Overlap = Literal["area", "score"]
 
-#: SAM's mask threshold on logits and the offset its automatic mask generator uses for stability scores.
-MASK_THRESHOLD = 0.0
+#: The logit offset SAM's automatic mask generator uses for stability scores (the threshold is the model's).
 STABILITY_OFFSET = 1.0
 DEFAULT_GATE = 0.5
 #: Upper bound on prompt sets per decoder call.
 MAX_PROMPTS_PER_CALL = 64
 #: float32 elements one decoder call's (B, 3, ...) logits may take at image and at encoder resolution
-#: (``predict_torch`` upsamples to both). CUDA: 2**27 (512 MB). CPU: 2**23 (32 MB): there the upsampling is
+#: (the upscale to the image goes through the encoder square). CUDA: 2**27 (512 MB). CPU: 2**23 (32 MB): there the upsampling is
 #: memory-bound and larger blocks are fresh page-faulted allocations on every call, so big batches measured
 #: slower than small ones.
 LOGITS_BUDGET = {"cuda": 2**27, "cpu": 2**23}
 
 
-class PromptPredictor(Protocol):
-    """What refinement needs of a ``segment_anything.SamPredictor`` whose image is set.
+class PromptTarget(Protocol):
+    """What refinement needs of an embedded image: a :class:`~samseg_core.models.promptable.PromptImage`.
 
-    ``transform`` maps original-frame coordinates to SAM's input frame (``ResizeLongestSide``; its
-    ``target_length`` is the encoder size); ``predict_torch`` is SamPredictor's batched prompt decoder.
+    ``model`` tells the input size, whether inputs are padded (for mask prompts) and the mask threshold;
+    ``predict_logits`` decodes a batch of prompts given in original image pixels.
     """
 
-    transform: Any
+    model: Any
     original_size: tuple[int, int]
 
     @property
@@ -84,16 +84,15 @@ class PromptPredictor(Protocol):
         """The model's device."""
         ...
 
-    def predict_torch(
+    def predict_logits(
         self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
-        mask_input: torch.Tensor | None = None,
-        multimask_output: bool = True,
-        return_logits: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (B, C, H, W) masks or logits, (B, C) predicted IoUs and (B, C, S, S) low-res logits."""
+        mask_inputs: torch.Tensor | None = None,
+        multimask: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (B, M, H, W) mask logits at image resolution and (B, M) predicted IoUs."""
         ...
 
 
@@ -158,12 +157,11 @@ class RefinementResult:
 
 
 def _stack_prompts(
-    predictor: PromptPredictor, prompt_sets: Sequence[PromptSet]
+    image: PromptTarget, prompt_sets: Sequence[PromptSet]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Returns SAM-frame (points, labels, boxes, mask inputs) for all prompt sets; shorter point sets are
-    padded with label -1 (SAM's "not a point")."""
-    device = predictor.device
-    size = predictor.original_size
+    """Returns (points, labels, boxes, mask inputs) of all prompt sets in image pixels on the device; shorter
+    point sets are padded with label -1 (SAM's "not a point")."""
+    device = image.device
     counts = [len(p.points) for p in prompt_sets]
     points = labels = boxes = masks = None
     if max(counts) > 0:
@@ -173,14 +171,13 @@ def _stack_prompts(
         for i, p in enumerate(prompt_sets):
             coords[i, : counts[i]] = p.points
             point_labels[i, : counts[i]] = p.point_labels
-        points = predictor.transform.apply_coords_torch(torch.as_tensor(coords, device=device), size)
+        points = torch.as_tensor(coords, device=device)
         labels = torch.as_tensor(point_labels, device=device)
     has_box = [p.box is not None for p in prompt_sets]
     if any(has_box):
         if not all(has_box):
             raise ValueError("either every prompt set of an image has a box or none has")
-        stacked = torch.as_tensor(np.stack([p.box for p in prompt_sets]).astype(np.float32), device=device)
-        boxes = predictor.transform.apply_boxes_torch(stacked, size)
+        boxes = torch.as_tensor(np.stack([p.box for p in prompt_sets]).astype(np.float32), device=device)
     has_mask = [p.mask_input is not None for p in prompt_sets]
     if any(has_mask):
         if not all(has_mask):
@@ -222,7 +219,7 @@ def _iou_with_regions(candidates: torch.Tensor, regions: torch.Tensor) -> torch.
 
 @torch.inference_mode()
 def refine_prompt_sets(
-    predictor: PromptPredictor,
+    image: PromptTarget,
     baseline: np.ndarray,
     prompt_sets: Sequence[PromptSet],
     *,
@@ -236,9 +233,10 @@ def refine_prompt_sets(
     """Refines ``baseline`` with SAM candidates for given prompt sets (custom prompts enter here).
 
     Args:
-        predictor: a SamPredictor (image set) or anything with its ``predict_torch`` / ``transform``.
+        image: the embedded image (:class:`~samseg_core.models.promptable.PromptImage`, e.g. from
+            ``EmbeddingCache.prompt_image``).
         baseline: (H, W) integer class map the prompt sets were made from.
-        prompt_sets: the prompt sets; all of them go through one ``predict_torch`` call per
+        prompt_sets: the prompt sets; all of them go through one decoder call per
             ``max_prompts_per_call`` sets.
         selection: ``"baseline_iou"`` picks the candidate with the highest IoU with the baseline region (the
             study); ``"predicted_iou"`` picks SAM's most confident candidate.
@@ -258,8 +256,8 @@ def refine_prompt_sets(
     if not 0.0 <= gate <= 1.0:
         raise ValueError(f"gate must lie in [0, 1], got {gate}")
     if max_prompts_per_call is None:
-        encoder_size = int(predictor.transform.target_length)
-        max_prompts_per_call = prompts_per_call(baseline.shape, encoder_size, predictor.device)
+        encoder_size = int(image.model.input_size)
+        max_prompts_per_call = prompts_per_call(baseline.shape, encoder_size, image.device)
     if max_prompts_per_call < 1:
         raise ValueError("max_prompts_per_call must be >= 1")
     if fill not in ("baseline", "background"):
@@ -267,34 +265,32 @@ def refine_prompt_sets(
     if overlap not in ("area", "score"):
         raise ValueError(f"overlap must be 'area' or 'score', got {overlap!r}")
     shape = baseline.shape
-    if tuple(predictor.original_size) != tuple(shape):
-        raise ValueError(
-            f"the predictor's image is {tuple(predictor.original_size)}, the baseline is {shape}"
-        )
+    if tuple(image.original_size) != tuple(shape):
+        raise ValueError(f"the embedded image is {tuple(image.original_size)}, the baseline is {shape}")
     if not prompt_sets:
         return RefinementResult(baseline.copy(), RefinedRegions.empty(shape))
 
-    device = predictor.device
-    points, labels, boxes, mask_inputs = _stack_prompts(predictor, prompt_sets)
+    device = image.device
+    threshold = float(image.model.mask_threshold)
+    points, labels, boxes, mask_inputs = _stack_prompts(image, prompt_sets)
     regions = torch.as_tensor(np.stack([p.region_mask for p in prompt_sets]), device=device, dtype=torch.bool)
     chosen_masks, chosen, pred_ious, base_ious, stabilities = [], [], [], [], []
     for lo in range(0, len(prompt_sets), max_prompts_per_call):
         hi = min(lo + max_prompts_per_call, len(prompt_sets))
         with autocast_context(device):
-            logits, predicted, _ = predictor.predict_torch(
-                points[lo:hi] if points is not None else None,
-                labels[lo:hi] if labels is not None else None,
+            logits, predicted = image.predict_logits(
+                points=points[lo:hi] if points is not None else None,
+                point_labels=labels[lo:hi] if labels is not None else None,
                 boxes=boxes[lo:hi] if boxes is not None else None,
-                mask_input=mask_inputs[lo:hi] if mask_inputs is not None else None,
-                multimask_output=True,
-                return_logits=True,
+                mask_inputs=mask_inputs[lo:hi] if mask_inputs is not None else None,
+                multimask=True,
             )
         logits, predicted = logits.float(), predicted.float()
-        candidates = logits > MASK_THRESHOLD
+        candidates = logits > threshold
         ious = _iou_with_regions(candidates, regions[lo:hi])
         pick = (ious if selection == "baseline_iou" else predicted).argmax(dim=1)  # first max on ties
         rows = torch.arange(hi - lo, device=device)
-        stability = calculate_stability_score(logits[rows, pick], MASK_THRESHOLD, STABILITY_OFFSET)
+        stability = calculate_stability_score(logits[rows, pick], threshold, STABILITY_OFFSET)
         chosen_masks.append(candidates[rows, pick])
         chosen.append(pick)
         pred_ious.append(predicted)
@@ -364,7 +360,7 @@ def aggregate_masks(
 
 
 def refine_semantic(
-    predictor: PromptPredictor,
+    image: PromptTarget,
     baseline: np.ndarray,
     *,
     prompts: str | Sequence[str] = ("points", "box"),
@@ -383,7 +379,7 @@ def refine_semantic(
     """Refines a baseline class map with SAM prompted by the baseline itself (the study's Algorithm 1).
 
     Args:
-        predictor: a ``SamPredictor`` whose image (or cached embedding) is set to this image.
+        image: the embedded image (:class:`~samseg_core.models.promptable.PromptImage`).
         baseline: (H, W) integer class map at the image's resolution.
         prompts: prompt types (see :data:`samseg_core.prompts.PROMPT_TYPES`), e.g. ``("points", "box")``.
         granularity: ``"class"`` (one prompt set per class, the study) or ``"region"`` (per connected region).
@@ -405,11 +401,12 @@ def refine_semantic(
         loose_margin=loose_margin,
         min_region_area=min_region_area,
         ignore_classes=ignore_classes,
-        encoder_size=int(predictor.transform.target_length),
+        encoder_size=int(image.model.input_size),
+        pad=bool(getattr(image.model, "pads_input", True)),
         mask_logit=mask_logit,
     )
     return refine_prompt_sets(
-        predictor,
+        image,
         baseline,
         prompt_sets,
         selection=selection,

@@ -30,23 +30,29 @@ def online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def find_weights(is_online: bool) -> tuple[Path | None, Any, str]:
-    """Returns (SAM vit_b checkpoint or None, a loaded SegFormer or None, a sentence saying what was found)."""
-    from samseg_core.models.sam import SamCheckpointNotFound, resolve_sam_checkpoint
+def find_weights(is_online: bool, sam: str = "vit_b") -> tuple[Any, Any, str]:
+    """Returns (the SAM-family model ``sam`` names or None, a loaded SegFormer or None, what was found).
+
+    ``sam`` is any ``sam=`` spec: ``vit_b`` (its checkpoint found locally, or downloaded when online), a SAM 2.1
+    hub id such as ``facebook/sam2.1-hiera-large`` (the local Hugging Face cache, or the hub when online) or a
+    directory saved with ``save_pretrained``.
+    """
+    from samseg_core.models.sam_family import describe_sam, load_sam_family
     from samseg_core.models.semantic import load_semantic_model
 
     if not is_online:
         os.environ["HF_HUB_OFFLINE"] = "1"
     try:
-        checkpoint = resolve_sam_checkpoint("vit_b", allow_download=is_online)
-    except SamCheckpointNotFound:
-        checkpoint = None
+        model = load_sam_family(sam, allow_download=is_online)
+        sam_found = describe_sam(model)
+    except (OSError, ValueError) as err:
+        model, sam_found = None, f"not found ({str(err).splitlines()[0][:160]})"
     try:
         segformer = load_semantic_model(SEGFORMER)
     except Exception:
         segformer = None
-    found = f"SAM vit_b: {checkpoint or 'not found'}; {SEGFORMER}: {'found' if segformer else 'not found'}"
-    return checkpoint, segformer, found
+    found = f"SAM {sam}: {sam_found}; {SEGFORMER}: {'found' if segformer else 'not found'}"
+    return model, segformer, found
 
 
 def fresh_dataset(name: str) -> Any:
@@ -254,6 +260,12 @@ def main() -> None:
         "--offline", action="store_true", help="skip the weight check: weight-free stages only"
     )
     parser.add_argument("--image-dir", default=os.path.expanduser("~/.cache/samseg/demo/images"))
+    parser.add_argument(
+        "--sam",
+        default="vit_b",
+        help="SAM-family model for the real-model path: vit_b, a .pth checkpoint, a hub id such as "
+        "facebook/sam2.1-hiera-large, or a save_pretrained directory",
+    )
     args = parser.parse_args()
 
     import fiftyone as fo
@@ -261,22 +273,22 @@ def main() -> None:
     fo.config.show_progress_bars = False
 
     is_online = False if args.offline else online()
-    checkpoint, segformer, found = (
-        (None, None, "skipped (--offline)") if args.offline else find_weights(is_online)
+    sam, segformer, found = (
+        (None, None, "skipped (--offline)") if args.offline else find_weights(is_online, args.sam)
     )
     print(f"network: {'online' if is_online else 'offline'}; weights: {found}")
 
     dataset = fresh_dataset(args.dataset)
-    if checkpoint and segformer:
+    if sam is not None and segformer is not None:
+        from samseg_core.models.sam_family import describe_sam
+
         has_gt = not (is_online and zoo_samples(dataset, args.images))
         if has_gt:
             synthetic_samples(dataset, Path(args.image_dir), args.images)
-        path = "real models (SegFormer-B0 + SAM vit_b) on " + (
+        path = f"real models (SegFormer-B0 + SAM {args.sam}, {describe_sam(sam)}) on " + (
             "synthetic scenes" if has_gt else "quickstart images"
         )
-        from samseg_core.models.sam import load_sam
-
-        steps = run_with_weights(dataset, segformer, load_sam("vit_b", checkpoint=checkpoint), has_gt)
+        steps = run_with_weights(dataset, segformer, sam, has_gt)
     else:
         synthetic_samples(dataset, Path(args.image_dir), args.images)
         path = "no weights reachable: synthetic scenes + a stored coarse prediction, weight-free stages"

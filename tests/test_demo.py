@@ -77,3 +77,35 @@ def test_real_model_path_runs_baseline_refinement_voting_and_scores(demo, demo_n
     assert all(getattr(result, "failed", 0) == 0 for _, result in steps)
     assert dataset.count("baseline") == dataset.count("sam_refined") == dataset.count("ssa") == 2
     assert {"sam_refined_iou", "ssa_iou"} <= set(dataset.list_runs())
+
+
+def test_weights_path_accepts_a_sam2_checkpoint_directory(demo, demo_name, tmp_path, monkeypatch):
+    # a SAM 2.1 checkpoint in the hub's save_pretrained form (tiny random weights here), found as a user's would be
+    from samseg_core.models.promptable import TransformersSamBackend
+    from samseg_core.models.semantic import load_semantic_model
+    from samseg_core.testing import tiny_segformer
+    from samseg_core.testing.scenes import class_names_for
+    from samseg_core.testing.tiny_sam_family import save_tiny_transformers_sam
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    directory = save_tiny_transformers_sam(tmp_path / "sam2.1-tiny", kind="sam2")
+    sam, _, found = demo.find_weights(False, str(directory))
+    assert isinstance(sam, TransformersSamBackend) and sam.kind == "sam2"
+    assert "transformers sam2" in found
+    missing, _, found = demo.find_weights(False, "facebook/sam2.1-hiera-large")
+    assert missing is None and "not found" in found
+
+    dataset = demo.fresh_dataset(demo_name)
+    demo.synthetic_samples(dataset, tmp_path / "images", 2)
+    segformer = load_semantic_model(tiny_segformer(class_names_for(6)), device="cpu")
+    steps = demo.run_with_weights(
+        dataset,
+        segformer,
+        sam,
+        has_gt=True,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
+    assert all(getattr(result, "failed", 0) == 0 for _, result in steps)
+    assert dataset.count("sam_refined") == dataset.count("ssa") == 2

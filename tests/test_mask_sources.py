@@ -18,6 +18,7 @@ from samseg_core.mask_sources import (
     SuperpixelSource,
     amg_settings,
 )
+from samseg_core.masks import masks_to_boxes_xyxy
 from samseg_core.runner import SampleItem
 from samseg_core.sam_embedding import EmbeddingCache
 from samseg_core.testing import make_scene, tiny_sam
@@ -62,6 +63,22 @@ def test_sam_source_returns_image_sized_masks_with_sam_fields(sam, item):
     assert ((proposals.point_coords >= 0) & (proposals.point_coords <= [128, 96])).all()
 
 
+def test_sam_source_keeps_runs_and_makes_no_dense_stack_for_voting(sam, item):
+    proposals = SamAutomaticSource(sam, **RANDOM_SAM).proposals(item)
+
+    assert not proposals.dense  # held as runs: votes, boxes, areas and box masks need no N x H x W stack
+    runs, boxes, areas = proposals.mask_runs(), proposals.boxes_xyxy(), proposals.areas
+    windows = list(proposals.box_masks())
+    assert not proposals.dense
+    dense = runs.to_dense()
+    assert np.array_equal(areas, dense.sum(axis=(1, 2)))
+    assert np.array_equal(boxes, masks_to_boxes_xyxy(dense))
+    for index, box, window in windows:
+        x0, y0, x1, y1 = box
+        assert np.array_equal(window, dense[index, y0 : y1 + 1, x0 : x1 + 1])
+    assert np.array_equal(proposals.masks, dense) and proposals.dense
+
+
 def test_shared_cache_runs_the_encoder_once_per_image(sam, item):
     cache = EmbeddingCache(sam)
     source = SamAutomaticSource(sam, cache=cache, **RANDOM_SAM)
@@ -94,7 +111,7 @@ def test_crops_are_encoded_but_the_full_image_comes_from_the_cache(sam, item):
 def test_presets_merge_with_overrides_and_reject_unknown_settings():
     settings = amg_settings("ssa", points_per_side=8)
 
-    assert settings == {**SSA_PRESET, "points_per_side": 8, "output_mode": "binary_mask"}
+    assert settings == {**SSA_PRESET, "points_per_side": 8}
     with pytest.raises(TypeError, match="points_per_sid"):
         amg_settings("ssa", points_per_sid=8)
     with pytest.raises(ValueError, match="preset"):

@@ -6,10 +6,11 @@ and only known candidates make the expected outcome checkable.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
-from segment_anything.utils.transforms import ResizeLongestSide
 
 from samseg_core.prompts import PromptSet
 from samseg_core.refine import MAX_PROMPTS_PER_CALL, prompts_per_call, refine_prompt_sets, refine_semantic
@@ -21,7 +22,7 @@ LOGIT = 5.0
 
 
 class CandidatePredictor:
-    """A ``PromptPredictor`` returning, for the i-th prompt set it sees, ``candidates[i]`` as logits."""
+    """A ``PromptTarget`` returning, for the i-th prompt set it sees, ``candidates[i]`` as logits."""
 
     def __init__(self, candidates, scores=None, logits=None):
         masks = np.asarray(candidates, dtype=bool)
@@ -34,7 +35,7 @@ class CandidatePredictor:
         self.scores = torch.as_tensor(
             scores if scores is not None else np.full((n, 3), 0.5), dtype=torch.float32
         )
-        self.transform = ResizeLongestSide(64)
+        self.model = SimpleNamespace(input_size=64, pads_input=True, mask_threshold=0.0)
         self.original_size = self.logits.shape[-2:]
         self.calls: list[dict] = []
         self._next = 0
@@ -43,23 +44,11 @@ class CandidatePredictor:
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def predict_torch(
-        self,
-        point_coords,
-        point_labels,
-        boxes=None,
-        mask_input=None,
-        multimask_output=True,
-        return_logits=False,
-    ):
-        batch = next(t for t in (point_coords, boxes, mask_input) if t is not None).shape[0]
-        self.calls.append(
-            {"points": point_coords, "labels": point_labels, "boxes": boxes, "masks": mask_input}
-        )
+    def predict_logits(self, points=None, point_labels=None, boxes=None, mask_inputs=None, multimask=True):
+        batch = next(t for t in (points, boxes, mask_inputs) if t is not None).shape[0]
+        self.calls.append({"points": points, "labels": point_labels, "boxes": boxes, "masks": mask_inputs})
         lo, self._next = self._next, self._next + batch
-        logits = self.logits[lo : self._next]
-        low_res = torch.zeros((batch, 3, 16, 16))
-        return (logits if return_logits else logits > 0), self.scores[lo : self._next], low_res
+        return self.logits[lo : self._next], self.scores[lo : self._next]
 
 
 def _rect(y0, y1, x0, x1, shape=SHAPE):
@@ -234,9 +223,9 @@ def tiny_cache():
 def test_real_tiny_sam_refinement_returns_consistent_scores(tiny_cache):
     scene = make_scene(0)
     baseline = degrade_prediction(scene)
-    predictor = tiny_cache.predictor("scene0", scene.image)
+    image = tiny_cache.prompt_image("scene0", scene.image)
 
-    result = refine_semantic(predictor, baseline, prompts=("points", "box", "mask"), gate=0.3)
+    result = refine_semantic(image, baseline, prompts=("points", "box", "mask"), gate=0.3)
 
     regions = result.regions
     assert result.semantic.shape == baseline.shape and len(regions) == len(np.unique(baseline))
@@ -256,6 +245,6 @@ def test_embedding_is_computed_once_for_many_refinements_of_an_image(tiny_cache)
     before = tiny_cache.encoder_calls
 
     for prompts in (("point",), ("box",), ("points", "box", "mask")):
-        refine_semantic(tiny_cache.predictor("scene1", scene.image), baseline, prompts=prompts)
+        refine_semantic(tiny_cache.prompt_image("scene1", scene.image), baseline, prompts=prompts)
 
     assert tiny_cache.encoder_calls - before == 1

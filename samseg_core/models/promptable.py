@@ -31,10 +31,12 @@ from samseg_core.models.device import resolve_device
 __all__ = [
     "Decoded",
     "Embeddings",
+    "PromptImage",
     "PromptableModel",
     "SegmentAnythingBackend",
     "TransformersSamBackend",
     "load_promptable",
+    "load_transformers_sam",
     "preprocess_shape",
 ]
 
@@ -67,6 +69,24 @@ class Embeddings:
     def __len__(self) -> int:
         """Number of embedded images."""
         return len(self.original_sizes)
+
+    def select(self, index: int) -> Embeddings:
+        """The embeddings of image ``index`` alone (views of this batch's tensors)."""
+        return Embeddings(
+            self.features[index : index + 1],
+            [self.original_sizes[index]],
+            [self.input_sizes[index]],
+            [t[index : index + 1] for t in self.extras],
+        )
+
+    def float(self) -> Embeddings:
+        """These embeddings in float32 (after an autocast encoder pass)."""
+        return Embeddings(
+            self.features.float(),
+            list(self.original_sizes),
+            list(self.input_sizes),
+            [t.float() for t in self.extras],
+        )
 
 
 @dataclass
@@ -112,11 +132,18 @@ class PromptableModel(abc.ABC):
     input_size: int
     mask_threshold: float
     device: torch.device
+    #: Whether images are resized by their longest side and padded to the square (SAM, SAM-HQ); SAM 2
+    #: resizes to the square itself, which changes where a low-res mask input lies on the image.
+    pads_input: bool = True
 
     @property
     def low_res_size(self) -> int:
         """Side of the low-resolution logits and of ``mask_inputs`` (``input_size // 4``)."""
         return self.input_size // 4
+
+    @abc.abstractmethod
+    def to(self, device: str | torch.device) -> PromptableModel:
+        """Move the wrapped model to ``device``; returns ``self``."""
 
     @abc.abstractmethod
     def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
@@ -208,6 +235,53 @@ class PromptableModel(abc.ABC):
         return points, point_labels, boxes, mask_inputs
 
 
+@dataclass
+class PromptImage:
+    """One embedded image of a :class:`PromptableModel`, ready for prompts (what refinement prompts).
+
+    Attributes:
+        model: The model that embedded the image.
+        embeddings: Its embeddings (a batch; ``index`` picks the image).
+        index: The image's row in ``embeddings``.
+    """
+
+    model: PromptableModel
+    embeddings: Embeddings
+    index: int = 0
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image."""
+        return tuple(self.embeddings.original_sizes[self.index])
+
+    @property
+    def device(self) -> torch.device:
+        """The model's device."""
+        return self.model.device
+
+    def decode(self, **prompts: Any) -> Decoded:
+        """:meth:`PromptableModel.decode` on this image (prompts in original image pixels)."""
+        return self.model.decode(self.embeddings, self.index, **prompts)
+
+    def predict_logits(
+        self,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
+        multimask: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(B, M, H, W)`` mask logits at image resolution and ``(B, M)`` predicted IoU."""
+        decoded = self.decode(
+            points=points,
+            point_labels=point_labels,
+            boxes=boxes,
+            mask_inputs=mask_inputs,
+            multimask=multimask,
+        )
+        return self.model.upscale(decoded.low_res_logits, self.original_size), decoded.iou_predictions
+
+
 def _input_scale(original: Sequence[int], resized: Sequence[int], device: torch.device) -> torch.Tensor:
     """Return the ``(sx, sy)`` factors mapping original image pixels to the resized input frame."""
     return torch.tensor(
@@ -233,6 +307,11 @@ class SegmentAnythingBackend(PromptableModel):
     def device(self) -> torch.device:  # type: ignore[override]
         """The device of the wrapped model."""
         return torch.device(self.sam.device)
+
+    def to(self, device: str | torch.device) -> SegmentAnythingBackend:
+        """Move the wrapped ``Sam`` to ``device``."""
+        self.sam = self.sam.to(resolve_device(device))
+        return self
 
     @torch.no_grad()
     def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
@@ -319,6 +398,7 @@ class TransformersSamBackend(PromptableModel):
         if side != self.input_size:
             raise ValueError(f"processor resizes to {side} but the model expects {self.input_size}")
         self.mask_threshold = 0.0
+        self.pads_input = kind != "sam2"
 
     @property
     def is_hq(self) -> bool:
@@ -329,6 +409,11 @@ class TransformersSamBackend(PromptableModel):
     def device(self) -> torch.device:  # type: ignore[override]
         """The device of the wrapped model."""
         return torch.device(self.model.device)
+
+    def to(self, device: str | torch.device) -> TransformersSamBackend:
+        """Move the wrapped model to ``device``."""
+        self.model = self.model.to(resolve_device(device))
+        return self
 
     @torch.no_grad()
     def embed(self, images: Sequence[np.ndarray]) -> Embeddings:
@@ -438,17 +523,26 @@ def _model_type(spec: Any) -> str | None:
         return None
 
 
-def _load_transformers_dir(directory: str | os.PathLike, kind: str, device: Any) -> TransformersSamBackend:
-    """Load a ``save_pretrained`` directory of model type ``kind`` into a :class:`TransformersSamBackend`."""
+def load_transformers_sam(source: str | os.PathLike, kind: str, device: Any) -> TransformersSamBackend:
+    """Load a transformers SAM-family checkpoint (a ``save_pretrained`` directory or a hub id) of model type
+    ``kind`` (``sam``, ``sam_hq``, ``sam2``) into a :class:`TransformersSamBackend` on ``device``.
+
+    Raises:
+        ValueError: ``kind`` is not a SAM-family model type.
+    """
     import transformers
 
+    if kind not in _TRANSFORMERS_KINDS:
+        raise ValueError(
+            f"{source} has model_type {kind!r}; samseg runs model types {sorted(_TRANSFORMERS_KINDS)}"
+        )
     model_name, processor_name = _TRANSFORMERS_KINDS[kind]
-    model = getattr(transformers, model_name).from_pretrained(directory)
+    model = getattr(transformers, model_name).from_pretrained(source)
     try:
-        processor = getattr(transformers, processor_name).from_pretrained(directory)
+        processor = getattr(transformers, processor_name).from_pretrained(source)
     except (OSError, ValueError):
         processor = None  # no processor files saved: size one from the model config
-    return TransformersSamBackend(model, processor, device=device)
+    return TransformersSamBackend(model, processor, device=resolve_device(device))
 
 
 def load_promptable(spec: Any, device: str | torch.device | None = None) -> PromptableModel:
@@ -472,7 +566,7 @@ def load_promptable(spec: Any, device: str | torch.device | None = None) -> Prom
         return TransformersSamBackend(spec, device=device)
     kind = _model_type(spec)
     if kind in _TRANSFORMERS_KINDS:
-        return _load_transformers_dir(spec, kind, resolve_device(device))
+        return load_transformers_sam(spec, kind, device)
     shown = repr(spec) if len(repr(spec)) <= 200 else f"{type(spec).__name__} object"
     if kind is not None:
         shown += f" (its config.json has model_type {kind!r})"

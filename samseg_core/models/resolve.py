@@ -21,7 +21,8 @@ MODEL_KINDS = (SAM, SEMANTIC, CLIP, CAPTIONER, CLIPSEG)
 
 _REMEDIES = {
     SAM: "pass vit_b / vit_l / vit_h with a checkpoint that exists (sam_checkpoint=, $SAMSEG_SAM_CHECKPOINT), a .pth "
-    "path, or a module:function spec",
+    "path, a hub id in the local Hugging Face cache (e.g. facebook/sam2.1-hiera-large), a save_pretrained "
+    "directory, or a module:function spec",
     SEMANTIC: "pass a Hugging Face id (online), a local directory saved with save_pretrained, or a module:function spec",
     CLIP: "pass an open_clip model name with a local checkpoint (clip_pretrained=), or a directory with "
     "open_clip_config.json",
@@ -35,9 +36,9 @@ class ModelLoadError(StageParameterError):
 
 
 def _load_sam(spec: Any, device: torch.device, **options: Any) -> Any:
-    from samseg_core.models.sam import load_sam
+    from samseg_core.models.sam_family import load_sam_family
 
-    return load_sam(spec, checkpoint=options.get("checkpoint"), device=device).eval()
+    return load_sam_family(spec, checkpoint=options.get("checkpoint"), device=device)
 
 
 def _load_semantic(spec: Any, device: torch.device, **options: Any) -> Any:
@@ -115,6 +116,10 @@ def _describe(spec: Any) -> str:
 
 def _on_device(model: Any, device: torch.device) -> Any:
     """Moves a built model (or samseg's wrapper around one) to ``device``; wrappers drop caches of the old one."""
+    from samseg_core.models.promptable import PromptableModel
+
+    if isinstance(model, PromptableModel):
+        return model if model.device == device else model.to(device)
     inner = getattr(model, "model", None)
     if isinstance(model, torch.nn.Module):
         return model.to(device)

@@ -21,7 +21,7 @@ from samseg_core.runner import STATS, RunSummary, SampleItem, StageResult, run_s
 from samseg_core.stages.options import DETECTIONS, SEGMENTATION, input_field, option, output_field
 from samseg_core.stages.plan import StagePlan
 from samseg_core.stages.registry import StageSpec, stage
-from samseg_core.stages.sam_options import MaskSourceOptions, mask_source_for
+from samseg_core.stages.sam_options import MaskSourceOptions, mask_source_for, mask_source_summary
 
 DEFAULT_LABEL_FIELD = "ssa_engine"
 #: Class name of pixels of the merged segmentation no labelled mask covers.
@@ -395,4 +395,5 @@ def open_vocab_labels(plan: StagePlan, options: EngineOptions) -> RunSummary:
     summary.extra.update(totals.counts)
     summary.extra["classes"] = len(totals.names)
     summary.extra["model_calls"] = labeller.engine.model_calls()
+    summary.extra.update(mask_source_summary(labeller.source))
     return summary

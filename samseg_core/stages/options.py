@@ -55,6 +55,7 @@ class OptionInfo:
     required: bool = False
     python_only: bool = False
     show_if: Mapping[str, tuple[Any, ...]] | None = None
+    suggestions: tuple[str, ...] = ()
 
 
 def option(
@@ -68,6 +69,7 @@ def option(
     required: bool = False,
     python_only: bool = False,
     show_if: Mapping[str, Sequence[Any]] | None = None,
+    suggestions: Sequence[str] = (),
 ) -> Any:
     """Declares a stage option.
 
@@ -82,6 +84,7 @@ def option(
         python_only: a Python object (a built model, a cache, a callable) that forms and ``__call__`` cannot
             carry; the SDK takes it, the operator does not show it.
         show_if: the form shows the option only when each named option has one of the given values.
+        suggestions: values a form offers for a free-text option (any other value may still be typed).
     """
     info = OptionInfo(
         help=help,
@@ -92,6 +95,7 @@ def option(
         required=required,
         python_only=python_only,
         show_if={k: tuple(v) for k, v in show_if.items()} if show_if else None,
+        suggestions=tuple(suggestions),
     )
     return dataclasses.field(default=default, metadata={_METADATA_KEY: info})
 

@@ -212,11 +212,10 @@ def refine_image(
     cache: Any, embedding: Any, baseline: np.ndarray, image_hw: tuple[int, int], settings: Mapping[str, Any]
 ) -> tuple[np.ndarray, RefinementResult]:
     """Refines one image; a baseline stored at another resolution is resized to the image and back."""
-    from samseg_core.sam_embedding import predictor_from_embedding
+    from samseg_core.sam_embedding import prompt_image
 
-    predictor = predictor_from_embedding(cache.sam, embedding)
     at_image = baseline if baseline.shape == image_hw else resize_mask_nearest(baseline, image_hw)
-    result = refine_semantic(predictor, at_image, **settings)
+    result = refine_semantic(prompt_image(cache.model, embedding), at_image, **settings)
     refined = (
         result.semantic
         if baseline.shape == image_hw

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from samseg_core.errors import StageParameterError
+from samseg_core.models.sam_family import SAM_HUB_IDS, SAM_TYPES
 from samseg_core.stages.options import DETECTIONS, StageOptions, input_field, option
 
 DEFAULT_SAM = "vit_b"
+#: What the forms offer in the SAM model field (any other spec may be typed in).
+SAM_SUGGESTIONS = (*SAM_TYPES, *SAM_HUB_IDS)
 MaskSourceName = Literal["sam", "superpixels", "felzenszwalb", "slic", "field"]
 AmgPreset = Literal["ssa", "fast", "default"]
 
@@ -44,8 +47,10 @@ class SamOptions(StageOptions):
     """The SAM model of a stage, and an embedding cache shared with other stages."""
 
     sam: Any = option(
-        DEFAULT_SAM, "SAM: vit_b, vit_l, vit_h, a checkpoint path, a module:function spec, or a built Sam",
-        label="SAM model",
+        DEFAULT_SAM, "SAM-family model: vit_b / vit_l / vit_h (segment_anything), a .pth checkpoint, a hub id "
+        "(facebook/sam2.1-hiera-large, facebook/sam-vit-huge, syscv-community/sam-hq-vit-huge, ...), a "
+        "save_pretrained directory, a module:function spec, or a built model", label="SAM model",
+        suggestions=SAM_SUGGESTIONS,
     )  # fmt: skip
     sam_checkpoint: str | None = option(
         None, "Checkpoint file for a SAM type; else $SAMSEG_SAM_CHECKPOINT, FiftyOne's model zoo, samseg's cache, "
@@ -176,7 +181,7 @@ def embedding_cache_for(options: SamOptions, device: Any) -> Any:
     from samseg_core.sam_embedding import EmbeddingCache
 
     if options.cache is not None:
-        if options.sam not in (DEFAULT_SAM, None) and options.sam is not options.cache.sam:
+        if options.sam not in (DEFAULT_SAM, None) and not options.cache.owns(options.sam):
             raise StageParameterError(
                 "sam",
                 "sam and cache name different models",
@@ -199,7 +204,7 @@ def mask_source_for(options: MaskSourceOptions, device: Any) -> Any:
             cache = embedding_cache_for(options, device)
             preset = None if options.amg_preset == "default" else options.amg_preset
             return SamAutomaticSource(
-                cache.sam, preset=preset, cache=cache, **options.amg_overrides(), **extra
+                cache.model, preset=preset, cache=cache, **options.amg_overrides(), **extra
             )
         if options.masks == "field":
             if extra:
@@ -211,3 +216,19 @@ def mask_source_for(options: MaskSourceOptions, device: Any) -> Any:
         raise StageParameterError(
             "mask_options", str(err), "pass only settings the mask source has"
         ) from None
+
+
+def mask_source_summary(source: Any) -> dict[str, Any]:
+    """What a run summary says about SAM's automatic masks: the model, and any out-of-memory halvings of
+    ``points_per_batch`` (empty for other mask sources)."""
+    from samseg_core.mask_sources import SamAutomaticSource
+    from samseg_core.models.sam_family import describe_sam
+
+    if not isinstance(source, SamAutomaticSource):
+        return {}
+    extra: dict[str, Any] = {"sam_model": describe_sam(source.model)}
+    if source.oom_halvings:
+        extra["points_per_batch_halved"] = (
+            f"{len(source.oom_halvings)}x after CUDA out-of-memory, now {source.oom_halvings[-1]}"
+        )
+    return extra

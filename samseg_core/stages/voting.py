@@ -28,7 +28,12 @@ from samseg_core.stages.options import (
 )
 from samseg_core.stages.plan import StagePlan
 from samseg_core.stages.registry import StageSpec, stage
-from samseg_core.stages.sam_options import MaskSourceName, MaskSourceOptions, mask_source_for
+from samseg_core.stages.sam_options import (
+    MaskSourceName,
+    MaskSourceOptions,
+    mask_source_for,
+    mask_source_summary,
+)
 from samseg_core.voting import VotingResult, vote_masks
 
 _NO_HARM = {"mode": ("no_harm",)}
@@ -260,6 +265,7 @@ def semantic_voting(plan: StagePlan, options: VotingOptions) -> RunSummary:
 
     summary = run_stage(plan, process=voter.process)
     summary.extra.update(mask_source=source.name, mode=options.mode)
+    summary.extra.update(mask_source_summary(source))
     for key in ("masks", "accepted_masks"):
         summary.extra.setdefault(key, 0)
     return summary

@@ -145,3 +145,46 @@ def save_tiny_transformers_sam(
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+# Hiera backbones of the released SAM 2.1 checkpoints (their config.json on the hub), for random-weight
+# full-size models in benchmarks: (hidden size, blocks per stage, global attention blocks, windows, bkg size).
+_SAM2_HIERA = {
+    "sam2.1-hiera-tiny": (96, [1, 2, 7, 2], [5, 7, 9], [8, 4, 14, 7], [7, 7]),
+    "sam2.1-hiera-small": (96, [1, 2, 11, 2], [7, 10, 13], [8, 4, 14, 7], [7, 7]),
+    "sam2.1-hiera-base-plus": (112, [2, 3, 16, 3], [12, 16, 20], [8, 4, 14, 7], [14, 14]),
+    "sam2.1-hiera-large": (144, [2, 6, 36, 4], [23, 33, 43], [8, 4, 16, 8], [7, 7]),
+}
+
+
+def full_size_sam2(name: str = "sam2.1-hiera-large", seed: int = 0) -> Any:
+    """Return a random-weight transformers ``Sam2Model`` with the architecture of a released SAM 2.1 model.
+
+    For speed and memory benchmarks only (random weights say nothing about quality).
+
+    Args:
+        name: ``sam2.1-hiera-tiny`` / ``-small`` / ``-base-plus`` / ``-large`` (a ``facebook/`` prefix is ignored).
+        seed: Seed of the random initialisation.
+    """
+    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2Model, Sam2VisionConfig
+
+    name = name.removeprefix("facebook/")
+    if name not in _SAM2_HIERA:
+        raise ValueError(f"name must be one of {sorted(_SAM2_HIERA)}, got {name!r}")
+    hidden, blocks, global_blocks, windows, background = _SAM2_HIERA[name]
+    widths = [hidden, 2 * hidden, 4 * hidden, 8 * hidden]
+    backbone = Sam2HieraDetConfig(
+        hidden_size=hidden,
+        num_attention_heads=1 if hidden == 96 else 2,
+        embed_dim_per_stage=widths,
+        num_attention_heads_per_stage=[1, 2, 4, 8] if hidden == 96 else [2, 4, 8, 16],
+        blocks_per_stage=blocks,
+        global_attention_blocks=global_blocks,
+        window_size_per_stage=windows,
+        window_positional_embedding_background_size=background,
+    )
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=widths[::-1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Sam2Model(Sam2Config(vision_config=vision))
+    return model.eval()
