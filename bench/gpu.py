@@ -396,6 +396,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-images", type=int, default=1, help="images for the slow reference loops")
     parser.add_argument("--engine-masks", type=int, default=64, help="masks per image given to the engine")
     parser.add_argument("--device", default="cuda", help="CUDA device, e.g. cuda:1")
+    parser.add_argument("--skip-engine", action="store_true", help="leave out the SSA-engine rows (faster)")
     return parser.parse_args(argv)
 
 
@@ -426,16 +427,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     images = make_images(setup.num_images, setup.size)
     rows: list[Row] = []
+
+    def add(new_rows: list[Row]) -> None:
+        """Keeps rows for the table and prints each at once, so a run cut short still shows what it measured."""
+        rows.extend(new_rows)
+        for row in new_rows:
+            print(f"  measured {row.stage} / {row.variant}: {row.seconds / max(row.images, 1):.3f} s/image, "
+                  f"peak {row.peak_mb:.0f} MB", flush=True)  # fmt: skip
+
     with torch.inference_mode():
         baseline_rows, baselines = bench_baseline(setup, images)
-        rows += baseline_rows
+        add(baseline_rows)
         for sam_type in sam_types:
             sam = build_sam(setup, sam_type)
             amg_rows, masks = bench_amg_and_voting(setup, sam, sam_type, images, baselines)
-            rows += amg_rows
-            rows += bench_refinement(setup, sam, sam_type, images, baselines)
+            add(amg_rows)
+            add(bench_refinement(setup, sam, sam_type, images, baselines))
             del sam
-            rows += bench_engine(setup, sam_type, images, masks)
+            if not args.skip_engine:
+                add(bench_engine(setup, sam_type, images, masks))
             if setup.device.type == "cuda":
                 torch.cuda.empty_cache()
     print_table(rows, setup)
