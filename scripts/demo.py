@@ -1,4 +1,9 @@
-"""samseg demo: build a small dataset on FiftyOne's bundled database, run the pipeline, print a summary.
+"""samseg demo: build a small dataset in the demo's own database, run the pipeline, print a summary.
+
+The demo never uses another process's database: it starts a private ``mongod`` on its own directory
+(``~/.cache/samseg/demo/db``; FiftyOne's bundled service would attach to a service already running on this
+machine, e.g. your App's, whatever ``FIFTYONE_DATABASE_DIR`` says), or uses the one ``--database-uri`` names.
+``--app`` reopens that database in the FiftyOne App.
 
 With weights reachable (online, or checkpoints already in place) it runs SegFormer-B0 and SAM vit_b on a few
 images. Without them it builds synthetic scenes with ground truth and a stored coarse prediction standing in for
@@ -8,9 +13,11 @@ your own model, and runs the stages that need no weights. It says which path it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +227,7 @@ def run_with_weights(
 def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -> None:
     """Prints each step's counts, the per-field mIoU table and how to open the App."""
     print(f"\nsamseg demo — {path_taken}")
-    print(f"dataset '{dataset.name}': {len(dataset)} samples on FiftyOne's database")
+    print(f"dataset '{dataset.name}': {len(dataset)} samples in the demo's database")
     for name, result in steps:
         if hasattr(result, "sample_ids"):  # a relabeling queue
             result = (
@@ -246,7 +253,7 @@ def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -
         for key, value in rows:
             print(f"  {key:<16} {value:.4f}")
     print(f"\nsaved views: {dataset.list_saved_views()}")
-    print(f"open the App:  fiftyone app launch {dataset.name}")
+    print(f"open the App:  bash scripts/demo.sh --app --dataset {dataset.name}")
 
 
 def main() -> None:
@@ -266,8 +273,58 @@ def main() -> None:
         help="SAM-family model for the real-model path: vit_b, a .pth checkpoint, a hub id such as "
         "facebook/sam2.1-hiera-large, or a save_pretrained directory",
     )
+    parser.add_argument(
+        "--db-dir",
+        default=os.path.expanduser("~/.cache/samseg/demo/db"),
+        help="directory of the demo's own database (a private mongod is started on it)",
+    )
+    parser.add_argument(
+        "--database-uri", help="use this MongoDB instead of the demo's own (one you started yourself)"
+    )
+    parser.add_argument("--app", action="store_true", help="open the demo dataset in the FiftyOne App")
     args = parser.parse_args()
+    with demo_database(args.db_dir, args.database_uri) as uri:
+        print(f"database: {uri}" + ("" if args.database_uri else f" (the demo's own, in {args.db_dir})"))
+        if args.app:
+            open_app(args.dataset)
+        else:
+            run_demo(args)
 
+
+@contextlib.contextmanager
+def demo_database(db_dir: str, database_uri: str | None) -> Iterator[str]:
+    """Yields the URI FiftyOne uses for the demo: ``database_uri``, or a private mongod on ``db_dir`` (stopped
+    afterwards; its data stays). FiftyOne must not be imported yet, or must already use that database."""
+    from samseg_core.testing.mongod import StandaloneMongod
+
+    server = None if database_uri else StandaloneMongod(dbpath=db_dir).start()
+    uri = database_uri or server.uri
+    try:
+        if "fiftyone" in sys.modules:
+            import fiftyone as fo
+
+            if fo.config.database_uri != uri:
+                sys.exit("fiftyone was imported on another database before the demo chose its own")
+        os.environ["FIFTYONE_DATABASE_URI"] = uri
+        os.environ.pop("FIFTYONE_PRIVATE_DATABASE_PORT", None)
+        yield uri
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def open_app(name: str) -> None:
+    """Opens dataset ``name`` of the demo's database in the App and waits until the App is closed."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(name):
+        sys.exit(f"no dataset '{name}' in the demo's database: run `bash scripts/demo.sh` first")
+    session = fo.launch_app(fo.load_dataset(name))
+    session.wait()
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    """Builds the demo dataset and runs the real-model or the weight-free path."""
     import fiftyone as fo
 
     fo.config.show_progress_bars = False

@@ -32,13 +32,14 @@ def test_offline_demo_runs_every_weight_free_stage_and_prints_a_summary(
     demo, demo_name, tmp_path, monkeypatch, capsys
 ):
     argv = ["demo.py", "--offline", "--dataset", demo_name, "--images", "2", "--image-dir", str(tmp_path)]
+    argv += ["--database-uri", fo.config.database_uri]  # this session's private database
     monkeypatch.setattr(sys, "argv", argv)
 
     demo.main()
 
     out = capsys.readouterr().out
     dataset = fo.load_dataset(demo_name)
-    assert "weight-free stages" in out and f"fiftyone app launch {demo_name}" in out
+    assert "weight-free stages" in out and f"bash scripts/demo.sh --app --dataset {demo_name}" in out
     assert dataset.count("ssa") == dataset.count("ssa_noharm") == 2
     assert {"coarse_iou", "ssa_iou", "ssa_noharm_iou"} <= set(dataset.list_runs())
     assert "relabel" in dataset.list_saved_views()
@@ -109,3 +110,11 @@ def test_weights_path_accepts_a_sam2_checkpoint_directory(demo, demo_name, tmp_p
     )
     assert all(getattr(result, "failed", 0) == 0 for _, result in steps)
     assert dataset.count("sam_refined") == dataset.count("ssa") == 2
+
+
+def test_app_option_needs_the_demo_dataset_in_the_demos_database(demo, monkeypatch):
+    argv = ["demo.py", "--app", "--dataset", "no-such-demo", "--database-uri", fo.config.database_uri]
+    monkeypatch.setattr(sys, "argv", argv)
+
+    with pytest.raises(SystemExit, match="no dataset 'no-such-demo' in the demo's database"):
+        demo.main()

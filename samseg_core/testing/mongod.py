@@ -43,11 +43,19 @@ def free_port() -> int:
 
 
 class StandaloneMongod:
-    """A ``mongod`` on 127.0.0.1 with a temporary dbpath; use as a context manager (stops and cleans up)."""
+    """A ``mongod`` on 127.0.0.1; use as a context manager (stops, and removes a temporary dbpath).
 
-    def __init__(self, start_timeout: float = 30.0) -> None:
+    Args:
+        start_timeout: seconds to wait for the server to answer.
+        dbpath: a directory whose data outlives the server (the demo's database); default a temporary one,
+            removed on :meth:`stop`.
+    """
+
+    def __init__(self, start_timeout: float = 30.0, dbpath: str | os.PathLike | None = None) -> None:
         self.start_timeout = start_timeout
-        self.dbpath = Path(tempfile.mkdtemp(prefix="samseg-mongod-"))
+        self.keep = dbpath is not None
+        self.dbpath = Path(dbpath) if dbpath is not None else Path(tempfile.mkdtemp(prefix="samseg-mongod-"))
+        self.dbpath.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -91,7 +99,7 @@ class StandaloneMongod:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        """Stops mongod (SIGTERM, then SIGKILL after 15 s) and removes its dbpath."""
+        """Stops mongod (SIGTERM, then SIGKILL after 15 s) and removes a temporary dbpath."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -100,7 +108,8 @@ class StandaloneMongod:
                 self.process.kill()
                 self.process.wait()
         self.process = None
-        shutil.rmtree(self.dbpath, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.dbpath, ignore_errors=True)
 
     def __enter__(self) -> StandaloneMongod:
         return self.start()
