@@ -19,8 +19,20 @@ from samseg_core.errors import StageParameterError
 
 from . import forms
 
-#: Views larger than this are delegated by default (long runs must not hit FIFTYONE_OPERATOR_TIMEOUT).
+#: Views larger than this default to a background (delegated) run when background runs are enabled.
 DELEGATE_ABOVE_SAMPLES = 25
+#: What the form says when a large view runs now because no orchestrator can take it.
+BACKGROUND_HOWTO = (
+    "To queue long runs in the background instead, start the App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true "
+    "and run a worker with `fiftyone delegated launch`; `fiftyone delegated list` shows queued runs."
+)
+
+
+def background_runs_enabled() -> bool:
+    """Whether a stock FiftyOne can queue delegated runs here (its legacy orchestrators, i.e. local workers)."""
+    import fiftyone as fo
+
+    return bool(fo.config.allow_legacy_orchestrators)
 
 
 class StageOperator(foo.Operator):
@@ -38,7 +50,6 @@ class StageOperator(foo.Operator):
             dynamic=True,
             allow_immediate_execution=True,
             allow_delegated_execution=True,
-            default_choice_to_delegated=True,
             icon="/assets/icon.svg",
         )
 
@@ -46,6 +57,7 @@ class StageOperator(foo.Operator):
         inputs = types.Object()
         view = _target_view(ctx)
         forms.build_form(self.SPEC, inputs, ctx.params, view)
+        _explain_execution(inputs, view)
         if view is not None:
             try:
                 self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
@@ -54,12 +66,26 @@ class StageOperator(foo.Operator):
         return types.Property(inputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
+        """``delegate`` given by ``__call__`` decides; otherwise the request does (the App's choice)."""
+        delegate = ctx.params.get("delegate")
+        return None if delegate is None else bool(delegate)
+
+    def resolve_execution_options(self, ctx: Any) -> foo.ExecutionOptions:
+        """Running now is always offered; a background run only where an orchestrator can take it, and then it
+        is the default for views over :data:`DELEGATE_ABOVE_SAMPLES` samples."""
         delegate = ctx.params.get("delegate")
         if delegate is not None:
-            return bool(delegate)
+            return foo.ExecutionOptions(
+                allow_immediate_execution=not delegate, allow_delegated_execution=bool(delegate)
+            )
+        background = background_runs_enabled()
         view = _target_view(ctx)
-        # small views: None lets the request (the App's choice or request_delegation) decide
-        return True if view is not None and len(view) > DELEGATE_ABOVE_SAMPLES else None
+        large = view is not None and len(view) > DELEGATE_ABOVE_SAMPLES
+        return foo.ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=background,
+            default_choice_to_delegated=background and large,
+        )
 
     def execute(self, ctx: Any) -> dict[str, Any]:
         kwargs = forms.kwargs_from_params(self.SPEC, ctx.params)
@@ -96,6 +122,23 @@ def _results_table(summary: dict[str, Any]) -> str:
     width = max((len(key) for key, _ in rows), default=0)
     lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
     return "```\n" + "\n".join(lines) + "\n```" if lines else ""
+
+
+def _explain_execution(inputs: types.Object, view: Any) -> None:
+    """A line on how this run will execute: now with progress, or (large views) how to run it in the background."""
+    if view is None:
+        return
+    count = len(view)
+    if background_runs_enabled():
+        text = (
+            f"{count} samples. Background runs are enabled: choose Schedule to queue this run for a "
+            "`fiftyone delegated launch` worker (`fiftyone delegated list` shows it), or Execute to run it now."
+        )
+    elif count > DELEGATE_ABOVE_SAMPLES:
+        text = f"{count} samples: Execute runs them now, with progress shown here. " + BACKGROUND_HOWTO
+    else:
+        return
+    inputs.view("execution_note", types.Notice(label=text))
 
 
 def _target_view(ctx: Any) -> Any:
