@@ -7,6 +7,7 @@ type, and the stage's own validation marks a bad input invalid inline, before Ex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -158,11 +159,52 @@ def params_from_kwargs(spec: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def mark_invalid(inputs: types.Object, error: StageParameterError) -> None:
-    """Marks the input ``error.param`` names invalid with the error (or adds a form-level error)."""
+def mark_invalid(inputs: types.Object, error: StageParameterError, spec: Any = None) -> None:
+    """Marks the input ``error.param`` names invalid with the error in the form's words (labels, not Python
+    arguments; see :func:`in_form_words`), or adds a form-level error."""
+    message = in_form_words(spec, error) if spec is not None else str(error)
     prop = inputs.properties.get(error.param)
     if prop is None:
-        inputs.view(FORM_ERROR, types.Error(label=str(error)), invalid=True, error_message=str(error))
+        inputs.view(FORM_ERROR, types.Error(label=message), invalid=True, error_message=message)
         return
     prop.invalid = True
-    prop.error_message = str(error)
+    prop.error_message = message
+
+
+def _as_instructions(remedy: str) -> str:
+    """``pass 'Resume' ticked`` -> ``tick 'Resume'``; ``'Label' = v`` -> ``set 'Label' to v``."""
+    remedy = re.sub(r"\bpass (?=')", "", remedy)
+    remedy = re.sub(r"('[^']+') (un)?ticked", lambda m: f"{m.group(2) or ''}tick {m.group(1)}", remedy)
+    return re.sub(r"('[^']+') = ", r"set \1 to ", remedy)
+
+
+def in_form_words(spec: Any, error: StageParameterError) -> str:
+    """``error`` as a form user reads it: it starts with the form label of the option at fault (its argument name
+    in brackets, for callers of the operator from Python), and each option written as Python in the message
+    (``skip_existing=True``, ``sam_checkpoint=``, ``mask_dir``) becomes its label (``tick 'Resume'``).
+
+    Bare option names are replaced only when they contain an underscore, so that ordinary words in a message
+    ("the masks", "the mode") stay as they are.
+    """
+    labels = {option.name: option.label for option in spec.all_options() if not option.info.python_only}
+    if not labels:
+        return str(error)
+    names = "|".join(sorted(map(re.escape, labels), key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.])({names})(=(?:'[^']*'|\"[^\"]*\"|[^\s,;)]*))?(?![\w(])")
+
+    def label_of(match: re.Match) -> str:
+        name, assignment = match.group(1), match.group(2)
+        if assignment is None and "_" not in name:
+            return name
+        label = f"'{labels[name]}'"
+        value = (assignment or "=")[1:].rstrip(".")
+        if value in ("True", "False"):
+            return f"{label} {'ticked' if value == 'True' else 'unticked'}"
+        return f"{label} = {value}" if value and value != "..." else label
+
+    problem = pattern.sub(label_of, error.problem)
+    remedy = _as_instructions(pattern.sub(label_of, error.remedy))
+    # the label for the App's user, the argument for a Python caller of the operator (same validation)
+    label = labels.get(error.param)
+    head = f"{label} ({error.param})" if label and label != error.param else error.param
+    return f"{head}: {problem}" + (f". {remedy}" if remedy else "")

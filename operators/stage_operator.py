@@ -62,7 +62,7 @@ class StageOperator(foo.Operator):
             try:
                 self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
             except StageParameterError as err:
-                forms.mark_invalid(inputs, err)
+                forms.mark_invalid(inputs, err, self.SPEC)
         return types.Property(inputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
