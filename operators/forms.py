@@ -31,7 +31,8 @@ def shown(option: OptionSpec, params: Mapping[str, Any], options: Mapping[str, O
     for name, allowed in (option.info.show_if or {}).items():
         current = params.get(name)
         if current is None and name in options:
-            current = options[name].default
+            declared = options[name]
+            current = declared.info.form_default()[0] if declared.info.form_default else declared.default
         if current not in allowed:
             return False
     return True
@@ -54,6 +55,8 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
         _add_suggestions(inputs, option, common)
     elif option.role in (OUTPUT, OUTPUT_RUN, QUEUE) or option.kind in _TEXT_KINDS:
         default = option.default if isinstance(option.default, str) else ""
+        if default and option.role in (OUTPUT, OUTPUT_RUN) and samples is not None:
+            default = fresh_output_name(samples, default, run=option.role == OUTPUT_RUN)
         inputs.str(option.name, default=default, **common)
     elif option.kind == "bool":
         inputs.bool(option.name, default=option.default, view=types.CheckboxView(), **common)
@@ -62,12 +65,41 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
         low = option.info.ge if option.info.ge is not None else option.info.gt
         number(option.name, default=option.default, min=low, max=option.info.le, **common)
     elif option.kind in ("choice", "choices"):
-        _add_choice(inputs, option, list(option.choices), common)
+        _add_choice(inputs, option, list(option.choices), common, default=_form_default(inputs, option))
     elif option.kind == "list":
         default = None if option.default is None else list(option.default)  # None: unset, not "empty"
         inputs.list(option.name, types.String(), default=default, **common)
     else:
         raise TypeError(f"no form input for option {option.name} of kind {option.kind}")
+
+
+def fresh_output_name(samples: Any, name: str, *, run: bool = False) -> str:
+    """``name``, or ``name_2``, ``name_3`` ... when ``name`` is a field (or run key) samseg did not create:
+    a form's default output never names someone else's data."""
+    from samseg_core.schema import field_owner
+    from samseg_core.stages.eval_runs import KINDS, list_samseg_runs
+
+    dataset = samples._dataset
+    ours = {key for kind in KINDS for key in list_samseg_runs(dataset, kind)} if run else set()
+
+    def taken(candidate: str) -> bool:
+        if run:
+            return candidate in dataset.list_runs() and candidate not in ours
+        return dataset.get_field(candidate) is not None and field_owner(dataset, candidate) is None
+
+    if not taken(name):
+        return name
+    return next(f"{name}_{i}" for i in range(2, 10_000) if not taken(f"{name}_{i}"))
+
+
+def _form_default(inputs: types.Object, option: OptionSpec) -> Any:
+    """The declared machine-dependent default of ``option`` (None: its default), with a notice saying why."""
+    if option.info.form_default is None:
+        return None
+    value, reason = option.info.form_default()
+    if reason:
+        inputs.view(f"{option.name}_note", types.Notice(label=reason))
+    return value
 
 
 def _add_suggestions(inputs: types.Object, option: OptionSpec, common: dict) -> None:

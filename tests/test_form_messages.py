@@ -48,3 +48,42 @@ def test_resume_and_overwrite_ticked_together_are_refused_in_the_form_in_its_wor
     assert list(invalid) == ["overwrite"]
     assert "'Resume'" in invalid["overwrite"] and "skip_existing" not in invalid["overwrite"]
     assert not isinstance(scene_dataset, fo.DatasetView) and not scene_dataset.has_field("fresh")
+
+
+def test_output_defaults_never_name_a_field_samseg_did_not_create(scene_dataset):
+    from operators.forms import fresh_output_name
+
+    scene_dataset.add_sample_field("sam_refined", fo.StringField)  # the user's own field of that name
+    scene_dataset.add_sample_field("sam_refined_2", fo.StringField)
+    ctx = ExecutionContext(request_params={"dataset_name": scene_dataset.name, "params": {}})
+
+    form = foo.get_operator("@samseg/samseg/refine_with_sam").resolve_input(ctx).type.properties
+
+    spec, _ = get_stage("refine_with_sam")
+    declared = next(o.default for o in spec.stage_options() if o.name == "label_field")
+    assert declared == "sam_refined" and form["label_field"].default == "sam_refined_3"
+    assert fresh_output_name(scene_dataset, "brand_new") == "brand_new"
+
+
+def _voting_form(dataset, params=None):
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": params or {}})
+    return foo.get_operator("@samseg/samseg/semantic_voting").resolve_input(ctx).type.properties
+
+
+def test_mask_source_starts_as_superpixels_without_a_sam_checkpoint_and_says_why(scene_dataset):
+    form = _voting_form(scene_dataset)
+
+    assert form["masks"].default == "superpixels"
+    assert "No SAM vit_b checkpoint on this machine" in form["masks_note"].view.label
+    assert "superpixel_max_side" in form and "points_per_side" not in form  # the superpixel options show
+
+
+def test_mask_source_starts_as_sam_where_a_checkpoint_resolves(scene_dataset, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
+    checkpoint.write_bytes(b"found, not read")
+    monkeypatch.setenv("SAMSEG_SAM_CHECKPOINT", str(checkpoint))
+
+    form = _voting_form(scene_dataset)
+
+    assert form["masks"].default == "sam" and "masks_note" not in form
+    assert "points_per_side" in form

@@ -56,6 +56,7 @@ class OptionInfo:
     python_only: bool = False
     show_if: Mapping[str, tuple[Any, ...]] | None = None
     suggestions: tuple[str, ...] = ()
+    form_default: Any = None  # callable () -> (value, reason): what a form offers first on this machine
 
 
 def option(
@@ -70,6 +71,7 @@ def option(
     python_only: bool = False,
     show_if: Mapping[str, Sequence[Any]] | None = None,
     suggestions: Sequence[str] = (),
+    form_default: Any = None,
 ) -> Any:
     """Declares a stage option.
 
@@ -85,6 +87,9 @@ def option(
             carry; the SDK takes it, the operator does not show it.
         show_if: the form shows the option only when each named option has one of the given values.
         suggestions: values a form offers for a free-text option (any other value may still be typed).
+        form_default: a callable returning ``(value, reason)``: the value a form starts with on this machine
+            when it differs from ``default`` (e.g. no SAM checkpoint here), and the sentence saying why; the
+            SDK's default stays ``default``.
     """
     info = OptionInfo(
         help=help,
@@ -96,6 +101,7 @@ def option(
         python_only=python_only,
         show_if={k: tuple(v) for k, v in show_if.items()} if show_if else None,
         suggestions=tuple(suggestions),
+        form_default=form_default,
     )
     return dataclasses.field(default=default, metadata={_METADATA_KEY: info})
 

@@ -42,6 +42,23 @@ AMG_SETTINGS = (
 )
 
 
+def mask_source_here() -> tuple[str, str]:
+    """``("sam", "")`` when SAM's default model has a checkpoint on this machine (nothing is downloaded to find
+    out), else ``("superpixels", why)``: the mask source a form should start with here."""
+    from samseg_core.models.sam import SamCheckpointNotFound, resolve_sam_checkpoint
+
+    try:
+        resolve_sam_checkpoint(DEFAULT_SAM, allow_download=False)
+    except SamCheckpointNotFound:
+        return "superpixels", (
+            f"No SAM {DEFAULT_SAM} checkpoint on this machine ($SAMSEG_SAM_CHECKPOINT, FiftyOne's model zoo, "
+            "samseg's cache), so the mask source starts as weight-free superpixels. To use SAM, choose 'sam' "
+            "and a SAM model you have (a type with its 'SAM checkpoint', a hub id in your Hugging Face cache, or a "
+            "directory)."
+        )
+    return "sam", ""
+
+
 @dataclass(frozen=True)
 class SamOptions(StageOptions):
     """The SAM model of a stage, and an embedding cache shared with other stages."""
@@ -67,7 +84,7 @@ class MaskSourceOptions(SamOptions):
 
     masks: MaskSourceName = option(
         "sam", "sam: SAM's automatic masks; superpixels / felzenszwalb / slic: weight-free; field: masks_field",
-        label="Mask source",
+        label="Mask source", form_default=lambda: mask_source_here(),
     )  # fmt: skip
     masks_field: str | None = input_field(
         None, DETECTIONS, "Detections field with instance masks (masks='field', or masks='field:<name>')",
