@@ -87,3 +87,23 @@ def test_mask_source_starts_as_sam_where_a_checkpoint_resolves(scene_dataset, tm
 
     assert form["masks"].default == "sam" and "masks_note" not in form
     assert "points_per_side" in form
+
+
+def test_every_input_of_every_stage_form_has_a_label_and_help(scene_dataset):
+    import fiftyone.operators.types as types
+
+    from operators.forms import build_form
+    from samseg_core.stages.registry import stage_specs
+
+    missing = []
+    for spec in stage_specs():
+        for params in ({}, {"masks": "sam"}, {"masks": "field"}, {"masks": "superpixels"}):
+            inputs = types.Object()
+            build_form(spec, inputs, params, scene_dataset)
+            for name, prop in inputs.properties.items():
+                if isinstance(prop.view, (types.Notice, types.Error)):
+                    continue
+                view = prop.view
+                if not (getattr(view, "label", None) and getattr(view, "description", None)):
+                    missing.append(f"{spec.name}.{name}")
+    assert not missing, sorted(set(missing))
