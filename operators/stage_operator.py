@@ -60,9 +60,11 @@ class StageOperator(foo.Operator):
         _explain_execution(inputs, view)
         if view is not None:
             try:
-                self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
+                plan = self.SPEC.validate(view, **forms.kwargs_from_params(self.SPEC, ctx.params))
             except StageParameterError as err:
                 forms.mark_invalid(inputs, err, self.SPEC)
+            else:
+                _warn_stale(inputs, plan)
         return types.Property(inputs, view=types.View(label=f"samseg: {self.SPEC.label}"))
 
     def resolve_delegation(self, ctx: Any) -> bool | None:
@@ -122,6 +124,27 @@ def _results_table(summary: dict[str, Any]) -> str:
     width = max((len(key) for key, _ in rows), default=0)
     lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
     return "```\n" + "\n".join(lines) + "\n```" if lines else ""
+
+
+def _warn_stale(inputs: types.Object, plan: Any) -> None:
+    """A warning in the form when this run replaces a field that existing runs were computed from."""
+    from samseg_core.stages.stale_runs import runs_reading
+
+    if plan is None:
+        return
+    own = plan.run_record.key if plan.run_record is not None else None
+    for out in plan.outputs:
+        if plan.dataset.get_field(out.name) is None:
+            continue
+        readers = [key for key in runs_reading(plan.dataset, out.name) if key != own]
+        if readers:
+            inputs.view(
+                f"stale_{out.name}",
+                types.Warning(
+                    label=f"This run replaces '{out.name}', which run(s) {', '.join(readers)} were computed from: "
+                    "they will be marked stale in the QA panel until you re-run them."
+                ),
+            )
 
 
 def _explain_execution(inputs: types.Object, view: Any) -> None:

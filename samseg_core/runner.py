@@ -288,6 +288,8 @@ def run_stage(
     report = _progress_reporter(run.progress, len(todo), plan.stage)
     collect = on_result or summary.add_stats
     plan.prepare()
+    if plan.stale_runs:
+        summary.extra["stale_runs"] = ", ".join(plan.stale_runs)
     output_fields = [out.name for out in plan.outputs]
 
     images: Iterator[list[Any]]

@@ -31,6 +31,7 @@ from samseg_core.models.device import check_device
 from samseg_core.schema import RESERVED_FIELDS, declare_field, field_owner, field_type_name, holds
 from samseg_core.stages.options import INPUT, INPUT_RUN, OutputField, option_specs, role_values
 from samseg_core.stages.run_options import RunOptions
+from samseg_core.stages.stale_runs import clear_stale, mark_stale, runs_reading
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class StagePlan:
     replace_run: bool = False
     mask_targets: dict[str, dict[int, str]] = field(default_factory=dict)
     prepared: bool = False
+    stale_runs: list[str] = field(default_factory=list)
 
     @property
     def dataset(self) -> Any:
@@ -110,6 +112,17 @@ class StagePlan:
             return fo.Segmentation(mask=compact)
         return fo.Segmentation(mask_path=write_png(mask_file(self.mask_dir, field_name, sample_id), compact))
 
+    def mark_readers_stale(self) -> list[str]:
+        """Marks stale (and warns about) the other runs computed from an existing field this run writes."""
+        own = self.run_record.key if self.run_record is not None else None
+        stale: list[str] = []
+        for out in self.outputs:
+            if self.dataset.get_field(out.name) is None:
+                continue
+            readers = [key for key in runs_reading(self.dataset, out.name) if key != own]
+            stale += mark_stale(self.dataset, readers, out.name, self.stage)
+        return stale
+
     def declare_error_field(self) -> None:
         """Creates the error field (string, samseg's ownership record) if it does not exist yet."""
         declare_field(self.dataset, self.error_field, STRING, stage=self.stage, owner=self.owner)
@@ -121,8 +134,10 @@ class StagePlan:
         if self.prepared:
             return
         dataset = self.dataset
+        self.stale_runs = self.mark_readers_stale()
         if self.run_record is not None:
             _register_run(self.samples, self.run_record, replace=self.replace_run)
+            clear_stale(dataset, self.run_record.key)
         for out in self.outputs:
             declare_field(dataset, out.name, out.label_type, stage=self.stage, owner=self.owner)
         for field_name, entries in self.mask_targets.items():

@@ -10,6 +10,7 @@ from typing import Any
 
 from samseg_core.stages.curation import queue_records
 from samseg_core.stages.eval_runs import AGREEMENT, FAILURES, IOU, list_samseg_runs, load_samseg_results
+from samseg_core.stages.stale_runs import stale_runs
 
 
 def _summed(result: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +44,7 @@ def _evaluations(dataset: Any) -> list[dict[str, Any]]:
                 "timestamp": info.timestamp.isoformat() if info.timestamp else None,
                 "fields": fields,
                 "failed": (results.get("summary") or {}).get("failed", 0),
+                "stale": stale_runs(dataset).get(key),
             }
         )
     return out
@@ -60,6 +62,7 @@ def _agreements(dataset: Any) -> list[dict[str, Any]]:
                 "field_b": getattr(config, "field_b", None),
                 "miou": _summed(agreement).get("miou"),
                 "miou_mean_of_images": agreement.get("mean_of_images"),
+                "stale": stale_runs(dataset).get(key),
             }
         )
     return out
@@ -70,7 +73,14 @@ def _failures(dataset: Any) -> list[dict[str, Any]]:
     for key in list_samseg_runs(dataset, FAILURES):
         config = dataset.get_run_info(key).config
         counts = load_samseg_results(dataset, key).get("counts") or {}
-        out.append({"key": key, "pred_field": getattr(config, "pred_field", None), "counts": dict(counts)})
+        out.append(
+            {
+                "key": key,
+                "pred_field": getattr(config, "pred_field", None),
+                "counts": dict(counts),
+                "stale": stale_runs(dataset).get(key),
+            }
+        )
     return out
 
 
@@ -153,6 +163,16 @@ def per_class_bar_traces(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def stale_note(entry: dict[str, Any]) -> str:
+    """`` — STALE: ...`` for a run whose input was replaced after it ran (empty otherwise)."""
+    mark = entry.get("stale")
+    if not mark:
+        return ""
+    return (
+        f" — **STALE**: `{mark['field']}` was replaced by {mark['stage']} at {mark['at']}; re-run to refresh"
+    )
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A markdown digest of a :func:`qa_summary`: mIoU per field with deltas, agreement and failure counts."""
 
@@ -162,7 +182,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines = []
     for evaluation in summary.get("evaluations", []):
         lines += [
-            f"**{evaluation['key']}** (ground truth `{evaluation['gt_field']}`)",
+            f"**{evaluation['key']}** (ground truth `{evaluation['gt_field']}`){stale_note(evaluation)}",
             "",
             "| field | mIoU (summed) | mIoU (mean of images) | accuracy | Δ mIoU |",
             "|---|---|---|---|---|",
@@ -176,9 +196,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for agreement in summary.get("agreements", []):
         lines.append(
             f"**{agreement['key']}**: agreement `{agreement['field_a']}` vs `{agreement['field_b']}` "
-            f"mIoU {fmt(agreement['miou'])}"
+            f"mIoU {fmt(agreement['miou'])}{stale_note(agreement)}"
         )
     for failure in summary.get("failures", []):
         counts = ", ".join(f"{mode} {n}" for mode, n in failure["counts"].items())
-        lines.append(f"**{failure['key']}** (`{failure['pred_field']}`): {counts}")
+        lines.append(f"**{failure['key']}** (`{failure['pred_field']}`): {counts}{stale_note(failure)}")
     return "\n".join(lines) if lines else "No samseg evaluation yet: run **samseg: evaluate IoU**."
