@@ -9,7 +9,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
-from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, summary_markdown
+from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, queue_buttons, summary_markdown
 
 
 def _event_param(ctx: Any, name: str) -> Any:
@@ -51,7 +51,7 @@ class QAPanel(foo.Panel):
             }
             for w in summary["worst"]
         ]
-        state.views = [view for queue in summary["queues"] for view in queue["views"]]
+        state.views = queue_buttons(ctx.view, summary)
         ctx.panel.data.per_class = per_class_bar_traces(summary)
 
     def on_load(self, ctx: Any) -> None:
@@ -70,6 +70,13 @@ class QAPanel(foo.Panel):
         name = _event_param(ctx, "view")
         if name:
             ctx.ops.set_view(name=name)
+
+    def open_worst_sample(self, ctx: Any) -> None:
+        """A click on a worst-samples row opens that sample in the modal."""
+        row = _event_param(ctx, "row")
+        worst = ctx.panel.state.worst or []
+        if row is not None and 0 <= int(row) < len(worst):
+            ctx.ops.open_sample(id=worst[int(row)]["id"])
 
     def show_worst(self, ctx: Any) -> None:
         ids = [row["id"] for row in ctx.panel.state.worst or []]
@@ -101,15 +108,16 @@ class QAPanel(foo.Panel):
             table = types.TableView()
             table.add_column("filename", label="Worst samples")
             table.add_column("miou", label="mIoU")
+            table.add_row_action("open_sample", self.open_worst_sample, label="Open", icon="open_in_new")
             panel.list("worst", types.Object(), view=table)
             panel.btn("show_worst", label="Show worst samples", on_click=self.show_worst, variant="outlined")
         buttons = panel.h_stack("queue_views", align_x="left")
-        for i, name in enumerate(state.views or []):
+        for i, button in enumerate(state.views or []):  # queues with samples only, with their counts
             buttons.btn(
                 f"open_view_{i}",
-                label=f"Open '{name}'",
+                label=button["label"],
                 on_click=self.open_view,
-                params={"view": name},
+                params={"view": button["view"]},
                 variant="contained",
             )
         panel.btn("refresh", label="Refresh", on_click=self.refresh, icon="refresh")

@@ -291,6 +291,7 @@ def run_stage(
     if plan.stale_runs:
         summary.extra["stale_runs"] = ", ".join(plan.stale_runs)
     output_fields = [out.name for out in plan.outputs]
+    summary.extra["fields_written"] = ", ".join(output_fields)
 
     images: Iterator[list[Any]]
     if load_images and todo:

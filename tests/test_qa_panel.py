@@ -67,6 +67,7 @@ def test_summary_failure_counts_and_queues(evaluated):
             "key": "samseg_failures",
             "pred_field": "pred",
             "counts": {"missing": 1, "incomplete": 0, "overlapping": 0, "ok": 3},
+            "stale": None,
         }
     ]
     assert summary["queues"][0]["views"] == [
@@ -105,3 +106,41 @@ def test_panel_on_load_renders_through_the_operator_framework(evaluated):
     params = {"__method__": "on_load", "panel_id": "p1", "state": {}, "event_args": {}}
     result = foo.execute_operator("@samseg/samseg/samseg_qa_panel", {"dataset": evaluated, "params": params})
     assert result.error is None
+
+
+def test_queue_buttons_show_counts_and_leave_out_empty_queues(evaluated):
+    from samseg_core.stages.qa_summary import queue_buttons
+
+    buttons = queue_buttons(evaluated, qa_summary(evaluated))
+
+    counts = {b["view"]: b["count"] for b in buttons}
+    assert counts == {
+        v: len(evaluated.load_saved_view(v)) for v in evaluated.list_saved_views() if counts.get(v)
+    }
+    assert "relabel" in counts and "relabel-missing" in counts
+    assert "relabel-incomplete" not in counts and "relabel-overlapping" not in counts  # empty: no button
+    assert all(b["label"] == f"Open '{b['view']}' ({b['count']})" for b in buttons)
+
+
+def test_a_worst_samples_row_opens_that_sample(evaluated):
+    from types import SimpleNamespace
+
+    from operators.qa_panel import QAPanel
+
+    opened = []
+    worst = [{"id": "a", "filename": "1.png", "miou": 0.5}, {"id": "b", "filename": "0.png", "miou": 0.9}]
+    ctx = SimpleNamespace(
+        params={"row": 1},
+        panel=SimpleNamespace(state=SimpleNamespace(worst=worst)),
+        ops=SimpleNamespace(open_sample=lambda id=None: opened.append(id)),
+    )
+
+    QAPanel().open_worst_sample(ctx)
+
+    assert opened == ["b"]
+
+
+def test_per_sample_qa_numbers_are_indexed_so_the_grid_can_sort_by_them(evaluated):
+    miou_fields = [name for name in evaluated.get_field_schema() if name.endswith("_miou")]
+
+    assert miou_fields and set(miou_fields) <= set(evaluated.list_indexes())

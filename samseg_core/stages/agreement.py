@@ -98,6 +98,7 @@ AGREEMENT_IOU = StageSpec(
     options=AgreementOptions,
     batch_size=16,
     aliases={"field_a": "baseline_field", "field_b": "pred_field", "scores_field": "masks_field"},
+    next_step="no ground truth needed: samseg: build relabel queue on this run's eval_key (disagreement × SAM uncertainty), or open the QA panel",
 )
 
 

@@ -48,6 +48,7 @@ BASELINE = StageSpec(
     description="Semantic segmentation with a transformers model",
     options=BaselineOptions,
     batch_size=4,
+    next_step="samseg: SAM refinement or samseg: semantic voting on this field, or samseg: evaluate IoU against your ground truth",
 )
 
 

@@ -104,6 +104,7 @@ RELABEL_QUEUE = StageSpec(
     positional=("eval_key", "name"),
     aliases={"failures_field": "failures_key", "label_field": "annotation_field"},
     plans_outputs=True,
+    next_step="open the queue's saved view from the QA panel, or annotate it (see README: QA review session)",
 )
 
 

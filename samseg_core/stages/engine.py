@@ -141,6 +141,7 @@ OPEN_VOCAB_LABELS = StageSpec(
         "mask_preset": "amg_preset",
         "semantic_field": "segmentation_field",
     },
+    next_step="browse the labelled masks in the grid; samseg: evaluate IoU of its segmentation field where you have ground truth",
 )
 
 

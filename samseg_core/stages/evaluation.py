@@ -128,6 +128,7 @@ EVALUATE_IOU = StageSpec(
     options=IoUEvaluationOptions,
     batch_size=16,
     positional=("pred_field", "gt_field", "eval_key"),
+    next_step="open the QA panel (worst samples, per-class IoU); samseg: detect failure modes, then samseg: build relabel queue",
 )
 
 

@@ -202,6 +202,7 @@ DETECT_FAILURES = StageSpec(
     batch_size=16,
     positional=("pred_field", "gt_field"),
     aliases={"instances_field": "gt_instances_field", "label_field": "eval_key"},
+    next_step="samseg: build relabel queue with this run as failures_key",
 )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samseg_core.errors import EmptyViewError, FieldExistsError, StageParameterError
-from samseg_core.label_types import SEGMENTATION, STRING
+from samseg_core.label_types import FLOAT, INT, SEGMENTATION, STRING
 from samseg_core.mask_files import (
     claim_directory,
     existing_mask_files,
@@ -140,6 +140,8 @@ class StagePlan:
             clear_stale(dataset, self.run_record.key)
         for out in self.outputs:
             declare_field(dataset, out.name, out.label_type, stage=self.stage, owner=self.owner)
+            if out.label_type in (FLOAT, INT):  # per-sample QA numbers: indexed, so the grid can sort by them
+                dataset.create_index(out.name)
         for field_name, entries in self.mask_targets.items():
             set_mask_targets(dataset, field_name, entries)
         if self.mask_dir is not None:

@@ -189,6 +189,7 @@ PROMPT_STUDY = StageSpec(
     options=PromptStudyOptions,
     batch_size=4,
     aliases={"semantic_field": "baseline_field"},
+    next_step="compare the prompt types in this run's table; refine with the best one (samseg: SAM refinement)",
 )
 
 

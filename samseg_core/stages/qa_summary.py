@@ -163,6 +163,20 @@ def per_class_bar_traces(summary: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def queue_buttons(samples: Any, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``{"view", "count", "label"}`` per relabel-queue saved view that holds samples (empty ones left out),
+    the label showing the count, e.g. ``Open 'relabel' (12)``."""
+    dataset = samples._dataset
+    saved = set(dataset.list_saved_views())
+    buttons = []
+    for queue in summary.get("queues", []):
+        for name in queue["views"]:
+            count = len(dataset.load_saved_view(name)) if name in saved else 0
+            if count:
+                buttons.append({"view": name, "count": count, "label": f"Open '{name}' ({count})"})
+    return buttons
+
+
 def stale_note(entry: dict[str, Any]) -> str:
     """`` — STALE: ...`` for a run whose input was replaced after it ran (empty otherwise)."""
     mark = entry.get("stale")

@@ -136,6 +136,7 @@ REFINE_WITH_SAM = StageSpec(
     options=RefinementOptions,
     batch_size=4,
     aliases={"semantic_field": "baseline_field"},
+    next_step="samseg: evaluate IoU of the refined field against ground truth (or samseg: agreement IoU with the baseline)",
 )
 
 

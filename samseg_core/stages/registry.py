@@ -63,6 +63,7 @@ class StageSpec:
     positional: tuple[str, ...] = ()
     aliases: Mapping[str, str] = field(default_factory=dict)
     plans_outputs: bool = False
+    next_step: str = ""  # what a user usually does after this stage (shown in the run summary)
 
     def stage_options(self) -> tuple[OptionSpec, ...]:
         """The stage's own options (not the run options)."""
@@ -134,8 +135,8 @@ def stage(spec: StageSpec) -> Callable[[Implementation], Callable[..., Any]]:
             options, run = spec.parse(values)
             if spec.plans_outputs:
                 check_inputs(samples, options, run)
-                return impl(samples, options, run)
-            return impl(plan_stage(spec.name, samples, options, run), options)
+                return _with_next_step(impl(samples, options, run), spec)
+            return _with_next_step(impl(plan_stage(spec.name, samples, options, run), options), spec)
 
         sdk.__name__ = sdk.__qualname__ = spec.name
         sdk.__module__ = impl.__module__
@@ -146,6 +147,14 @@ def stage(spec: StageSpec) -> Callable[[Implementation], Callable[..., Any]]:
         return sdk
 
     return decorate
+
+
+def _with_next_step(result: Any, spec: StageSpec) -> Any:
+    """The stage's result, with its declared next step in a run summary's ``extra``."""
+    extra = getattr(result, "extra", None)
+    if spec.next_step and isinstance(extra, dict):
+        extra.setdefault("next_step", spec.next_step)
+    return result
 
 
 def _parameter(spec: OptionSpec, kind: inspect._ParameterKind) -> inspect.Parameter:

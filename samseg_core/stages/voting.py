@@ -134,6 +134,7 @@ SEMANTIC_VOTING = StageSpec(
     batch_size=1,
     positional=("baseline_field", "label_field", "masks", "instances_field"),
     aliases={"semantic_field": "baseline_field", "preset": "amg_preset"},
+    next_step="samseg: evaluate IoU of the voted field against ground truth (or samseg: agreement IoU with the baseline)",
 )
 
 

@@ -1,5 +1,6 @@
-"""A stage that replaces a field existing runs were computed from warns, marks those runs stale, and the QA
-summary (the panel's source) shows them as stale until they are re-run."""
+"""Runs as a reviewer meets them: a stage that replaces a field existing runs were computed from warns and marks
+those runs stale (the QA summary, the panel's source, shows them as stale until re-run), and every run summary
+names the fields it wrote and the usual next step."""
 
 from __future__ import annotations
 
@@ -65,3 +66,13 @@ def test_the_form_warns_before_execute(evaluated):
 
     assert "coarse_iou" in form["stale_coarse"].view.label
     assert stale_runs(evaluated) == {}  # the form only warns; nothing is marked before Execute
+
+
+
+def test_run_summaries_name_the_fields_written_and_the_next_step(scene_dataset):
+    summary = ss.evaluate_iou(scene_dataset, pred_field="coarse", gt_field="ground_truth", eval_key="ev")
+
+    written = summary.extra["fields_written"].split(", ")
+    assert written[0] == "ev_miou" and all(name.startswith("ev_") for name in written)
+    assert "QA panel" in summary.extra["next_step"] and "relabel queue" in summary.extra["next_step"]
+    assert summary.to_dict()["next_step"] == summary.extra["next_step"]  # what the App's results show
