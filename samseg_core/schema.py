@@ -82,3 +82,28 @@ def declare_field(dataset: Any, name: str, label_type: str, *, stage: str, owner
         )
     else:
         dataset.add_sample_field(name, _PRIMITIVE_FIELDS[label_type], info=info)
+
+
+def hide_in_app_by_default(dataset: Any, names: list[str]) -> None:
+    """Leaves ``names`` unticked in the App's sidebar by default (``app_config.active_fields``), so that
+    samseg's per-mask and failure layers do not paint the grid when a dataset is opened; a user ticks them.
+
+    Updated in the database key by key: with no ``active_fields`` yet they become an exclusion list of these
+    names; an exclusion list gains them; an inclusion list the user chose is left as it is (these names are
+    not in it, so they are unticked already).
+    """
+    from samseg_core.mask_targets import _collection
+
+    if not names:
+        return
+    collection = _collection(dataset)
+    created = collection.update_one(
+        {"_id": dataset._doc.id, "app_config.active_fields": {"$exists": False}},
+        {"$set": {"app_config.active_fields": {"exclude": True, "paths": sorted(set(names))}}},
+    )
+    if not created.modified_count:
+        collection.update_one(
+            {"_id": dataset._doc.id, "app_config.active_fields.exclude": True},
+            {"$addToSet": {"app_config.active_fields.paths": {"$each": sorted(set(names))}}},
+        )
+    dataset.reload()

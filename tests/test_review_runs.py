@@ -68,7 +68,6 @@ def test_the_form_warns_before_execute(evaluated):
     assert stale_runs(evaluated) == {}  # the form only warns; nothing is marked before Execute
 
 
-
 def test_run_summaries_name_the_fields_written_and_the_next_step(scene_dataset):
     summary = ss.evaluate_iou(scene_dataset, pred_field="coarse", gt_field="ground_truth", eval_key="ev")
 
@@ -76,3 +75,33 @@ def test_run_summaries_name_the_fields_written_and_the_next_step(scene_dataset):
     assert written[0] == "ev_miou" and all(name.startswith("ev_") for name in written)
     assert "QA panel" in summary.extra["next_step"] and "relabel queue" in summary.extra["next_step"]
     assert summary.to_dict()["next_step"] == summary.extra["next_step"]  # what the App's results show
+
+
+def test_per_mask_and_failure_layers_start_unticked_in_the_app(scene_dataset):
+    ss.evaluate_iou(scene_dataset, pred_field="coarse", gt_field="ground_truth", eval_key="ev")
+    ss.semantic_voting(
+        scene_dataset, baseline_field="coarse", label_field="voted", instances_field="voted_masks",
+        masks="superpixels", device="cpu",
+    )  # fmt: skip
+    ss.detect_failures(scene_dataset, pred_field="coarse", gt_field="ground_truth", eval_key="fails")
+
+    active = scene_dataset.app_config.active_fields
+    assert active.exclude is True
+    assert "voted_masks" in active.paths and "voted" not in active.paths  # the map stays, the masks hide
+    assert any(path.startswith("fails") for path in active.paths)
+
+
+def test_a_users_own_inclusion_list_is_left_as_it_is(scene_dataset):
+    from fiftyone.core.odm.dataset import ActiveFields
+
+    scene_dataset.app_config.active_fields = ActiveFields(exclude=False, paths=["ground_truth"])
+    scene_dataset.save()
+
+    ss.semantic_voting(
+        scene_dataset, baseline_field="coarse", label_field="voted", instances_field="voted_masks",
+        masks="superpixels", device="cpu",
+    )  # fmt: skip
+
+    scene_dataset.reload()
+    active = scene_dataset.app_config.active_fields
+    assert (active.exclude, active.paths) == (False, ["ground_truth"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from samseg_core.errors import EmptyViewError, FieldExistsError, StageParameterError
-from samseg_core.label_types import FLOAT, INT, SEGMENTATION, STRING
+from samseg_core.label_types import DETECTIONS, FLOAT, HEATMAP, INT, SEGMENTATION, STRING
 from samseg_core.mask_files import (
     claim_directory,
     existing_mask_files,
@@ -28,7 +28,14 @@ from samseg_core.mask_files import (
 )
 from samseg_core.mask_targets import check_mask_targets, set_mask_targets
 from samseg_core.models.device import check_device
-from samseg_core.schema import RESERVED_FIELDS, declare_field, field_owner, field_type_name, holds
+from samseg_core.schema import (
+    RESERVED_FIELDS,
+    declare_field,
+    field_owner,
+    field_type_name,
+    hide_in_app_by_default,
+    holds,
+)
 from samseg_core.stages.options import INPUT, INPUT_RUN, OutputField, option_specs, role_values
 from samseg_core.stages.run_options import RunOptions
 from samseg_core.stages.stale_runs import clear_stale, mark_stale, runs_reading
@@ -42,6 +49,10 @@ class RunRecord:
     kind: str
     config: Mapping[str, Any]
     param: str = "eval_key"
+
+
+#: The stage whose Detections output, even the first, is a failure layer (hidden by default in the App).
+FAILURES_STAGE = "detect_failures"
 
 
 def error_field_for(label_field: str) -> str:
@@ -112,6 +123,16 @@ class StagePlan:
             return fo.Segmentation(mask=compact)
         return fo.Segmentation(mask_path=write_png(mask_file(self.mask_dir, field_name, sample_id), compact))
 
+    def layers_hidden_by_default(self) -> list[str]:
+        """Per-mask and failure layers (secondary Detections / Heatmap outputs, a failure run's objects) that the
+        App should not show until a user ticks them."""
+        return [
+            out.name
+            for out in self.outputs
+            if out.label_type in (DETECTIONS, HEATMAP)
+            and (out is not self.outputs[0] or self.stage == FAILURES_STAGE)
+        ]
+
     def mark_readers_stale(self) -> list[str]:
         """Marks stale (and warns about) the other runs computed from an existing field this run writes."""
         own = self.run_record.key if self.run_record is not None else None
@@ -142,6 +163,7 @@ class StagePlan:
             declare_field(dataset, out.name, out.label_type, stage=self.stage, owner=self.owner)
             if out.label_type in (FLOAT, INT):  # per-sample QA numbers: indexed, so the grid can sort by them
                 dataset.create_index(out.name)
+        hide_in_app_by_default(dataset, self.layers_hidden_by_default())
         for field_name, entries in self.mask_targets.items():
             set_mask_targets(dataset, field_name, entries)
         if self.mask_dir is not None:
