@@ -26,28 +26,47 @@ def form_options(spec: Any) -> list[OptionSpec]:
     return [option for option in spec.all_options() if not option.info.python_only]
 
 
-def shown(option: OptionSpec, params: Mapping[str, Any], options: Mapping[str, OptionSpec]) -> bool:
-    """Whether ``option`` appears in the form given the current ``params`` (its ``show_if`` condition)."""
+def shown(option: OptionSpec, params: Mapping[str, Any], starts: Mapping[str, Any]) -> bool:
+    """Whether ``option`` appears in the form given the current ``params`` (its ``show_if`` condition);
+    ``starts`` holds each option's starting value (:func:`starting_values`) for params not given yet."""
     for name, allowed in (option.info.show_if or {}).items():
         current = params.get(name)
-        if current is None and name in options:
-            declared = options[name]
-            current = declared.info.form_default()[0] if declared.info.form_default else declared.default
+        if current is None:
+            current = starts.get(name)
         if current not in allowed:
             return False
     return True
 
 
+def starting_values(options: Mapping[str, OptionSpec]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each option's starting value in a form (its machine-dependent ``form_default`` where declared, else its
+    default), and the reasons of the machine-dependent ones; each ``form_default`` is asked once per form."""
+    starts, reasons = {}, {}
+    for name, option in options.items():
+        if option.info.form_default is None:
+            starts[name] = option.default
+            continue
+        starts[name], reason = option.info.form_default()
+        if reason:
+            reasons[name] = reason
+    return starts, reasons
+
+
 def build_form(spec: Any, inputs: types.Object, params: Mapping[str, Any], samples: Any = None) -> None:
     """Adds one input per form option of ``spec`` to ``inputs`` (field pickers list ``samples``' fields)."""
     options = {option.name: option for option in form_options(spec)}
+    starts, reasons = starting_values(options)
     for option in options.values():
-        if shown(option, params, options):
-            add_input(inputs, option, samples)
+        if shown(option, params, starts):
+            if option.name in reasons:
+                inputs.view(f"{option.name}_note", types.Notice(label=reasons[option.name]))
+            start = starts[option.name] if option.info.form_default is not None else None
+            add_input(inputs, option, samples, start)
 
 
-def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> None:
-    """Adds the input of one declared option: a field or run picker, a checkbox, a number, a choice or text."""
+def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None, start: Any = None) -> None:
+    """Adds the input of one declared option: a field or run picker, a checkbox, a number, a choice or text;
+    ``start`` (a choice's machine-dependent starting value) replaces the declared default."""
     common = {"label": option.label, "description": option.info.help, "required": False}
     if option.role in (INPUT, INPUT_RUN):
         _add_picker(inputs, option, _picker_choices(option, samples), common)
@@ -65,7 +84,7 @@ def add_input(inputs: types.Object, option: OptionSpec, samples: Any = None) -> 
         low = option.info.ge if option.info.ge is not None else option.info.gt
         number(option.name, default=option.default, min=low, max=option.info.le, **common)
     elif option.kind in ("choice", "choices"):
-        _add_choice(inputs, option, list(option.choices), common, default=_form_default(inputs, option))
+        _add_choice(inputs, option, list(option.choices), common, default=start)
     elif option.kind == "list":
         default = None if option.default is None else list(option.default)  # None: unset, not "empty"
         inputs.list(option.name, types.String(), default=default, **common)
@@ -90,16 +109,6 @@ def fresh_output_name(samples: Any, name: str, *, run: bool = False) -> str:
     if not taken(name):
         return name
     return next(f"{name}_{i}" for i in range(2, 10_000) if not taken(f"{name}_{i}"))
-
-
-def _form_default(inputs: types.Object, option: OptionSpec) -> Any:
-    """The declared machine-dependent default of ``option`` (None: its default), with a notice saying why."""
-    if option.info.form_default is None:
-        return None
-    value, reason = option.info.form_default()
-    if reason:
-        inputs.view(f"{option.name}_note", types.Notice(label=reason))
-    return value
 
 
 def _add_suggestions(inputs: types.Object, option: OptionSpec, common: dict) -> None:

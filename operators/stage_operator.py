@@ -128,23 +128,16 @@ def _results_table(summary: dict[str, Any]) -> str:
 
 def _warn_stale(inputs: types.Object, plan: Any) -> None:
     """A warning in the form when this run replaces a field that existing runs were computed from."""
-    from samseg_core.stages.stale_runs import runs_reading
-
     if plan is None:
         return
-    own = plan.run_record.key if plan.run_record is not None else None
-    for out in plan.outputs:
-        if plan.dataset.get_field(out.name) is None:
-            continue
-        readers = [key for key in runs_reading(plan.dataset, out.name) if key != own]
-        if readers:
-            inputs.view(
-                f"stale_{out.name}",
-                types.Warning(
-                    label=f"This run replaces '{out.name}', which run(s) {', '.join(readers)} were computed from: "
-                    "they will be marked stale in the QA panel until you re-run them."
-                ),
-            )
+    for field_name, readers in plan.stale_readers().items():
+        inputs.view(
+            f"stale_{field_name}",
+            types.Warning(
+                label=f"This run replaces '{field_name}', which run(s) {', '.join(readers)} were computed from: "
+                "they will be marked stale in the QA panel until you re-run them."
+            ),
+        )
 
 
 def _explain_execution(inputs: types.Object, view: Any) -> None:

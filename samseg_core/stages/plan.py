@@ -133,15 +133,24 @@ class StagePlan:
             and (out is not self.outputs[0] or self.stage == FAILURES_STAGE)
         ]
 
-    def mark_readers_stale(self) -> list[str]:
-        """Marks stale (and warns about) the other runs computed from an existing field this run writes."""
+    def stale_readers(self) -> dict[str, list[str]]:
+        """``{output field: keys of the other samseg runs computed from it}`` for the existing fields this run
+        writes: the runs it makes stale."""
         own = self.run_record.key if self.run_record is not None else None
-        stale: list[str] = []
+        readers = {}
         for out in self.outputs:
             if self.dataset.get_field(out.name) is None:
                 continue
-            readers = [key for key in runs_reading(self.dataset, out.name) if key != own]
-            stale += mark_stale(self.dataset, readers, out.name, self.stage)
+            keys = [key for key in runs_reading(self.dataset, out.name) if key != own]
+            if keys:
+                readers[out.name] = keys
+        return readers
+
+    def mark_readers_stale(self) -> list[str]:
+        """Marks stale (and warns about) the other runs computed from an existing field this run writes."""
+        stale: list[str] = []
+        for field_name, keys in self.stale_readers().items():
+            stale += mark_stale(self.dataset, keys, field_name, self.stage)
         return stale
 
     def declare_error_field(self) -> None:

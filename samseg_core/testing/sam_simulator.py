@@ -76,6 +76,7 @@ from samseg_core.testing.scenes import (
     SyntheticScene,
     class_colors,
     degrade_prediction,
+    displaced,
     make_scene,
 )
 from samseg_core.voting import nearest_indices
@@ -1003,11 +1004,7 @@ def study_baseline(
 
 def _wobbled(labels: np.ndarray, std_px: float, rng: np.random.Generator) -> np.ndarray:
     """``labels`` read through a smooth random displacement of std ``std_px``, rounded to whole pixels."""
-    height, width = labels.shape
     unit = np.sqrt(2 / np.pi)  # _unit_smooth_noise has mean |value| 1, std sqrt(pi / 2)
     dy = _unit_smooth_noise(rng, labels.shape) * unit * std_px
     dx = _unit_smooth_noise(rng, labels.shape) * unit * std_px
-    yy, xx = np.mgrid[0:height, 0:width]
-    src_y = np.clip(np.rint(yy + dy), 0, height - 1).astype(np.intp)
-    src_x = np.clip(np.rint(xx + dx), 0, width - 1).astype(np.intp)
-    return labels[src_y, src_x]
+    return displaced(labels, dy, dx)

@@ -255,6 +255,16 @@ def _majority_filter(labels: np.ndarray, radius: int) -> np.ndarray:
     return classes[np.argmax(votes, axis=0)].astype(labels.dtype)
 
 
+def displaced(labels: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """``labels`` read through a per-pixel displacement ``(dy, dx)``, rounded to whole pixels and clipped to
+    the image (how a baseline's boundaries wobble)."""
+    height, width = labels.shape
+    yy, xx = np.mgrid[0:height, 0:width]
+    src_y = np.clip(np.rint(yy + dy), 0, height - 1).astype(np.intp)
+    src_x = np.clip(np.rint(xx + dx), 0, width - 1).astype(np.intp)
+    return labels[src_y, src_x]
+
+
 def degrade_prediction(
     scene_or_semantic: SyntheticScene | np.ndarray,
     seed: int = 0,
@@ -315,10 +325,7 @@ def degrade_prediction(
         amplitude = max(1.0, blur_radius / 2)
         dy = _smooth_noise(rng, (height, width), 4.0, amplitude)
         dx = _smooth_noise(rng, (height, width), 4.0, amplitude)
-        yy, xx = np.mgrid[0:height, 0:width]
-        src_y = np.clip(np.rint(yy + dy), 0, height - 1).astype(np.intp)
-        src_x = np.clip(np.rint(xx + dx), 0, width - 1).astype(np.intp)
-        pred = pred[src_y, src_x]
+        pred = displaced(pred, dy, dx)
 
     if drop_small_below > 0:
         for cls in np.unique(pred):
