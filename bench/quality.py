@@ -11,8 +11,10 @@ objects and a camouflaged pair). Settings: baseline degradations of
 baseline; semantic voting over the simulator's automatic masks (plurality; no-harm at the default share 0.5);
 refinement in the study's setting (one prompt set per class, candidate by baseline IoU, gate 0, empty start map)
 per prompt type; samseg's default refinement (``refine_semantic`` defaults: points+box, gate
-``refine.DEFAULT_GATE``, fill baseline); and prototypes of other gates (labelled ``proto_``; not library code).
-Calibrated fusion (issue 13, item 3) is not built: its column is absent (:data:`CALIBRATED_FUSION`).
+``refine.DEFAULT_GATE``, the change gates ``min_change`` and ``protect_regions``, fill baseline); and prototypes
+of other gates (labelled ``proto_``; not library code). **Calibrated fusion** (:mod:`samseg_core.fusion`) is
+chosen per setting on the calibration scenes (a stable ~70 % by hash) and scored on the held-out rest, beside the
+baseline and the other methods on the same held-out scenes.
 
 Per setting it prints summed mIoU (one confusion matrix over all images), the mean of per-image mIoUs and mean
 boundary IoU (width 2% of the diagonal), each with its difference from the baseline, then a matrix of the mean
@@ -20,7 +22,8 @@ per-image mIoU differences, and last::
 
     no harm: default fusion >= baseline in <k>/<n> settings
 
-where "default fusion" is samseg's default refinement, compared on mean per-image mIoU.
+where "default fusion" is samseg's default refinement, compared on mean per-image mIoU over all scenes; the line
+before it says the same of calibrated fusion on the held-out scenes.
 
     python bench/quality.py [--scenes 24] [--seed 0] [--errors moderate|harsh|perfect]
 """
@@ -40,6 +43,8 @@ from scipy import ndimage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from samseg_core.fusion import FusionTally, calibrate, fuse, fusion_candidates, split_of  # noqa: E402
+from samseg_core.fusion_methods import candidate_maps  # noqa: E402
 from samseg_core.mask_sources import MaskProposals  # noqa: E402
 from samseg_core.metrics import ConfusionAccumulator, IoUOptions, score_masks  # noqa: E402
 from samseg_core.models.promptable import PromptImage  # noqa: E402
@@ -77,7 +82,14 @@ SETTINGS: dict[str, dict] = {
 }
 
 #: The study's setting (``samseg_core.stages.prompt_study.STUDY_SETTINGS``).
-STUDY = {"granularity": "class", "selection": "baseline_iou", "gate": 0.0, "fill": "background"}
+STUDY = {
+    "granularity": "class",
+    "selection": "baseline_iou",
+    "gate": 0.0,
+    "min_change": 0.0,
+    "protect_regions": False,
+    "fill": "background",
+}
 #: The study's prompt types (``STUDY_CONFIGS``' Table 2 rows).
 STUDY_PROMPTS = {
     "point": ("point",),
@@ -88,8 +100,11 @@ STUDY_PROMPTS = {
 }
 #: The method whose no-harm count ends the output: samseg's default refinement.
 DEFAULT_FUSION = "default_refine"
-#: Hook for issue 13's calibrated fusion (item 3, not built): a method ``(Case) -> (H, W) map`` once it exists.
-CALIBRATED_FUSION: Callable | None = None
+CALIBRATED = "calibrated_fusion"
+#: Share of the scenes held out from calibration, and the minimum support of a class's choice (px).
+HOLDOUT, MIN_SUPPORT = 0.3, 200
+#: Methods shown beside calibrated fusion on the held-out scenes.
+HELD_OUT_METHODS = ("baseline", "vote_no_harm", DEFAULT_FUSION)
 
 
 @dataclass
@@ -100,6 +115,7 @@ class Case:
     baseline: np.ndarray
     image: PromptImage
     proposals: MaskProposals
+    split: str = "calibration"
 
 
 def _vote(mode: str, **kwargs) -> Callable[[Case], np.ndarray]:
@@ -117,8 +133,6 @@ METHODS: dict[str, Callable[[Case], np.ndarray]] = {
     **{f"study_{name}": _refine(prompts=prompts, **STUDY) for name, prompts in STUDY_PROMPTS.items()},
     DEFAULT_FUSION: _refine(),
 }
-if CALIBRATED_FUSION is not None:
-    METHODS["calibrated_fusion"] = CALIBRATED_FUSION
 
 
 # --------------------------------------------------------------------------------------------------- prototypes
@@ -280,8 +294,6 @@ PROTOTYPES: dict[str, Callable[[Case], np.ndarray]] = {
     "proto_vote_dead1": _banded(_vote("no_harm"), 1),
     "proto_refine_thick1": _thick(_refine()),
     "proto_vote_thick1": _thick(_vote("no_harm")),
-    "proto_refine_shift1": shift_gated_refine(swallow=False),
-    "proto_refine_shift1_swallow": shift_gated_refine(),
     "proto_refine_pbm_shift1_swallow": shift_gated_refine(prompts=("points", "box", "mask")),
     "proto_refine_pbm_shift1_swallow_solid": shift_gated_refine(prompts=("points", "box", "mask"), solid=2.5),
     "proto_refine_expected_swallow": shift_gated_refine(min_shift=None),
@@ -305,7 +317,13 @@ def build_cases(args: argparse.Namespace) -> dict[str, list[Case]]:
     cases = {}
     for s, (name, degradation) in enumerate(SETTINGS.items()):
         cases[name] = [
-            Case(scene.semantic, study_baseline(scene, args.seed + 1000 * s + i, **degradation), image, props)
+            Case(
+                scene.semantic,
+                study_baseline(scene, args.seed + 1000 * s + i, **degradation),
+                image,
+                props,
+                split_of(f"scene{i}", HOLDOUT),
+            )
             for i, (scene, image, props) in enumerate(zip(scenes, images, proposals))
         ]
     return cases
@@ -323,6 +341,26 @@ def score(cases: list[Case], methods: dict[str, Callable[[Case], np.ndarray]]) -
         summary = acc.summary({})
         out[name] = (summary["summed"]["miou"], summary["mean_of_images"], summary["boundary_iou_mean"])
     return out
+
+
+def calibrated_fusion(cases: list[Case]) -> Callable[[Case], np.ndarray]:
+    """Calibrates on the cases of the calibration split; returns the fused map of a case as a method."""
+    candidates = fusion_candidates()
+    names = [c.name for c in candidates]
+    tallies = {"calibration": FusionTally(names), "held_out": FusionTally(names)}
+    maps = {}
+    for case in cases:
+        maps[id(case)] = candidate_maps(candidates, case.baseline, image=case.image, proposals=case.proposals)
+        tallies[case.split].add(case.gt, case.baseline, [maps[id(case)][n] for n in names])
+    result = calibrate(tallies["calibration"], tallies["held_out"], min_support=MIN_SUPPORT)
+    return lambda case: fuse(case.baseline, maps[id(case)], result)
+
+
+def score_held_out(cases: list[Case]) -> dict[str, tuple]:
+    """The held-out scenes' scores of calibrated fusion and of :data:`HELD_OUT_METHODS`."""
+    methods = {name: METHODS[name] for name in HELD_OUT_METHODS}
+    methods[CALIBRATED] = calibrated_fusion(cases)
+    return score([case for case in cases if case.split == "held_out"], methods)
 
 
 # --------------------------------------------------------------------------------------------------- printing
@@ -381,14 +419,21 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"scenes: {args.scenes} study scenes (128x160), seed {args.seed}; refine gate default {DEFAULT_GATE}"
     )
-    print("calibrated_fusion: absent (issue 13 item 3 not built; hook CALIBRATED_FUSION)")
     cases = build_cases(args)
-    all_results = {}
+    held = sum(case.split == "held_out" for case in next(iter(cases.values())))
+    print(f"calibrated fusion: chosen on {args.scenes - held} scenes, scored on {held} held-out scenes")
+    all_results, held_out = {}, {}
     for name, setting_cases in cases.items():
         all_results[name] = score(setting_cases, METHODS)
         print_setting(name, all_results[name])
+    for name, setting_cases in cases.items():
+        held_out[name] = score_held_out(setting_cases)
     print_matrix(all_results)
+    print(f"\n== held-out scenes ({held}): calibrated fusion vs the baseline and default methods")
+    print_matrix(held_out)
     print(f"\n({time.perf_counter() - start:.0f} s)")
+    wins, n = no_harm_count(held_out, CALIBRATED)
+    print(f"no harm: calibrated fusion >= baseline in {wins}/{n} settings (held-out scenes)")
     wins, n = no_harm_count(all_results)
     print(f"no harm: default fusion >= baseline in {wins}/{n} settings")
 

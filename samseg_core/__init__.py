@@ -23,6 +23,9 @@ _SDK = {
     "build_relabel_queue": "samseg_core.stages.curation",
     "load_relabel_results": "samseg_core.stages.curation",
     "delete_relabel_queue": "samseg_core.stages.curation",
+    "calibrate_fusion": "samseg_core.stages.fusion",
+    "apply_fusion": "samseg_core.stages.fusion",
+    "load_fusion_calibration": "samseg_core.stages.fusion",
     "qa_summary": "samseg_core.stages.qa_summary",
     "RunSummary": "samseg_core.runner",
 }

@@ -6,8 +6,19 @@ decoder call of the image's SAM-family model (:class:`~samseg_core.models.prompt
 beyond ``max_prompts_per_call``) -> three multimask
 candidates each -> one candidate per prompt set, chosen by IoU with the baseline region (the study) or by
 SAM's predicted IoU -> the **no-harm gate**: the chosen candidate is accepted only when its IoU with the
-baseline region is at least ``gate`` (``gate=0`` accepts everything, as the study did) -> accepted masks
-painted into one map.
+baseline region is at least ``gate`` (``gate=0`` accepts everything, as the study did), and the two
+**change gates** look at the pixels it would change (mask pixels the baseline gives another class):
+
+- ``min_change`` (default 1): the changed pixels must amount to at least this many per pixel of the region's
+  boundary. Below that the candidate only moves the baseline's boundary by less than a pixel on average,
+  which is SAM's own boundary noise: painting it replaces baseline pixels with equally uncertain ones (on a
+  near-perfect baseline, strictly worse ones).
+- ``protect_regions`` (default on): the changed pixels must not cover half or more of any connected baseline
+  region of another class of :data:`PROTECTED_MIN_AREA` pixels or more. A mask that swallows a neighbour's
+  region is a prompt that hit the wrong object (a box holding several, a point on a boundary) or a leak into a
+  similar-looking neighbour, not a boundary correction.
+
+The study's setting is ``gate=0, min_change=0, protect_regions=False``. Accepted masks are painted into one map.
 
 Aggregation rules:
 
@@ -48,6 +59,7 @@ __all__ = [
     "RefinedRegions",
     "RefinementResult",
     "aggregate_masks",
+    "boundary_length",
     "prompts_per_call",
     "refine_prompt_sets",
     "refine_semantic",
@@ -60,6 +72,10 @@ Overlap = Literal["area", "score"]
 #: The logit offset SAM's automatic mask generator uses for stability scores (the threshold is the model's).
 STABILITY_OFFSET = 1.0
 DEFAULT_GATE = 0.5
+#: Default of ``min_change``: changed pixels per pixel of the region's boundary a candidate must reach.
+DEFAULT_MIN_CHANGE = 1.0
+#: Baseline regions smaller than this are not protected by ``protect_regions`` (specks are the baseline's noise).
+PROTECTED_MIN_AREA = 16
 #: Upper bound on prompt sets per decoder call.
 MAX_PROMPTS_PER_CALL = 64
 #: float32 elements one decoder call's (B, 3, ...) logits may take at image and at encoder resolution
@@ -111,6 +127,10 @@ class RefinedRegions:
         candidate: (N,) int64 index (0-2) of the chosen multimask candidate.
         candidate_baseline_iou: (N, 3) float32 IoU of every candidate with the baseline region.
         candidate_predicted_iou: (N, 3) float32 SAM's predicted IoU of every candidate.
+        changed_pixels: (N,) int64 pixels the chosen candidate would repaint (the baseline gives them another
+            class).
+        change_ratio: (N,) float32 ``changed_pixels`` per pixel of the baseline region's boundary.
+        swallows: (N,) bool whether the changes cover half or more of another class's baseline region.
     """
 
     class_ids: np.ndarray
@@ -122,6 +142,9 @@ class RefinedRegions:
     candidate: np.ndarray
     candidate_baseline_iou: np.ndarray
     candidate_predicted_iou: np.ndarray
+    changed_pixels: np.ndarray
+    change_ratio: np.ndarray
+    swallows: np.ndarray
 
     def __len__(self) -> int:
         return int(self.class_ids.size)
@@ -140,6 +163,9 @@ class RefinedRegions:
             candidate=np.zeros(0, dtype=np.int64),
             candidate_baseline_iou=np.zeros((0, 3), dtype=np.float32),
             candidate_predicted_iou=np.zeros((0, 3), dtype=np.float32),
+            changed_pixels=np.zeros(0, dtype=np.int64),
+            change_ratio=f32.copy(),
+            swallows=np.zeros(0, dtype=bool),
         )
 
     def only_accepted(self) -> RefinedRegions:
@@ -217,6 +243,35 @@ def _iou_with_regions(candidates: torch.Tensor, regions: torch.Tensor) -> torch.
     return inter.float() / union.clamp(min=1).float()
 
 
+def boundary_length(regions: torch.Tensor) -> torch.Tensor:
+    """(N,) boundary length in pixels of (N, H, W) bool regions inside the image: their 4-neighbour edges times
+    pi / 4 (the mean length of a unit edge of a digital curve), at least 1."""
+    edges = _count((regions[:, :, 1:] != regions[:, :, :-1]).flatten(1))
+    edges = edges + _count((regions[:, 1:] != regions[:, :-1]).flatten(1))
+    return (edges.float() * (np.pi / 4)).clamp(min=1.0)
+
+
+def baseline_components(baseline: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(H, W) int64 ids of the baseline's connected same-class regions (4-connected, from 0) and (K,) their areas."""
+    from skimage.measure import label as label_regions
+
+    ids = label_regions(baseline.astype(np.int64) + 1, background=0, connectivity=1) - 1
+    ids_t = torch.as_tensor(ids, device=device, dtype=torch.int64)
+    return ids_t, torch.bincount(ids_t.flatten())
+
+
+def swallowed_regions(
+    changed: torch.Tensor, components: torch.Tensor, areas: torch.Tensor, min_area: int = PROTECTED_MIN_AREA
+) -> torch.Tensor:
+    """(N,) whether each of the (N, H, W) bool ``changed`` maps covers half or more of a baseline component of
+    ``min_area`` pixels or more (one bincount over all candidates, no loop over masks)."""
+    n, k = changed.shape[0], areas.numel()
+    which, flat = changed.flatten(1).nonzero(as_tuple=True)
+    counts = torch.bincount(which * k + components.flatten()[flat], minlength=n * k).view(n, k)
+    big = areas >= min_area
+    return ((2 * counts >= areas[None]) & big[None]).any(dim=1)
+
+
 @torch.inference_mode()
 def refine_prompt_sets(
     image: PromptTarget,
@@ -225,6 +280,8 @@ def refine_prompt_sets(
     *,
     selection: Selection = "baseline_iou",
     gate: float = DEFAULT_GATE,
+    min_change: float = DEFAULT_MIN_CHANGE,
+    protect_regions: bool = True,
     fill: Fill = "baseline",
     overlap: Overlap = "area",
     background_id: int = 0,
@@ -241,6 +298,8 @@ def refine_prompt_sets(
         selection: ``"baseline_iou"`` picks the candidate with the highest IoU with the baseline region (the
             study); ``"predicted_iou"`` picks SAM's most confident candidate.
         gate: minimum IoU of the chosen candidate with its baseline region to accept it; 0 accepts all.
+        min_change: changed pixels per pixel of the region's boundary a candidate must reach (0: no minimum).
+        protect_regions: reject candidates whose changes swallow half or more of another class's region.
         fill: ``"baseline"`` or ``"background"`` (see the module docstring).
         overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
         background_id: the class released pixels get with ``fill="background"``.
@@ -255,6 +314,8 @@ def refine_prompt_sets(
         raise ValueError(f"selection must be 'baseline_iou' or 'predicted_iou', got {selection!r}")
     if not 0.0 <= gate <= 1.0:
         raise ValueError(f"gate must lie in [0, 1], got {gate}")
+    if not min_change >= 0.0:
+        raise ValueError(f"min_change must be >= 0, got {min_change}")
     if max_prompts_per_call is None:
         encoder_size = int(image.model.input_size)
         max_prompts_per_call = prompts_per_call(baseline.shape, encoder_size, image.device)
@@ -303,9 +364,17 @@ def refine_prompt_sets(
     masks = torch.cat(chosen_masks)
     all_base, all_pred = torch.cat(base_ious), torch.cat(pred_ious)
     base_iou, pred_iou = all_base[rows, pick], all_pred[rows, pick]
-    accepted = base_iou >= gate
     class_ids = torch.as_tensor([p.class_id for p in prompt_sets], device=device, dtype=torch.int64)
     start = torch.as_tensor(baseline.astype(np.int64), device=device)
+    changed = masks & (start[None] != class_ids[:, None, None])
+    changed_pixels = _count(changed.flatten(1)).to(torch.int64)
+    change_ratio = changed_pixels.float() / boundary_length(regions)
+    swallows = torch.zeros_like(changed_pixels, dtype=torch.bool)
+    if protect_regions:
+        components, areas = baseline_components(baseline, device)
+        swallows = swallowed_regions(changed, components, areas)
+    del changed
+    accepted = (base_iou >= gate) & (change_ratio >= min_change) & ~swallows
     if fill == "background":
         released = (regions & accepted[:, None, None]).any(dim=0)
         start = torch.where(released, torch.as_tensor(background_id, device=device), start)
@@ -323,6 +392,9 @@ def refine_prompt_sets(
         candidate=pick.cpu().numpy(),
         candidate_baseline_iou=all_base.cpu().numpy().astype(np.float32),
         candidate_predicted_iou=all_pred.cpu().numpy().astype(np.float32),
+        changed_pixels=changed_pixels.cpu().numpy(),
+        change_ratio=change_ratio.cpu().numpy().astype(np.float32),
+        swallows=swallows.cpu().numpy(),
     )
     return RefinementResult(semantic.cpu().numpy().astype(baseline.dtype, copy=False), result)
 
@@ -367,6 +439,8 @@ def refine_semantic(
     granularity: Granularity = "class",
     selection: Selection = "baseline_iou",
     gate: float = DEFAULT_GATE,
+    min_change: float = DEFAULT_MIN_CHANGE,
+    protect_regions: bool = True,
     fill: Fill = "baseline",
     overlap: Overlap = "area",
     loose_margin: float = 0.2,
@@ -385,6 +459,8 @@ def refine_semantic(
         granularity: ``"class"`` (one prompt set per class, the study) or ``"region"`` (per connected region).
         selection: ``"baseline_iou"`` (the study) or ``"predicted_iou"``.
         gate: the no-harm gate, minimum IoU with the baseline region to accept a candidate (0 = the study).
+        min_change: changed pixels per boundary pixel a candidate must reach (0 = the study).
+        protect_regions: reject candidates swallowing another class's region (False = the study).
         fill: ``"baseline"`` (unclaimed pixels keep the baseline) or ``"background"`` (the study).
         overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
         loose_margin: per-side margin of the loose box as a fraction of the box size.
@@ -411,6 +487,8 @@ def refine_semantic(
         prompt_sets,
         selection=selection,
         gate=gate,
+        min_change=min_change,
+        protect_regions=protect_regions,
         fill=fill,
         overlap=overlap,
         background_id=background_id,

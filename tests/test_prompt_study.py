@@ -104,7 +104,10 @@ def test_custom_configurations_run_after_the_chosen_ones_with_common_settings(sc
 
     assert table.fields == {"box": "mine_box", "strict": "mine_strict"}
     strict = table.rows[2]
-    assert strict["settings"] == "points+box granularity=class selection=baseline_iou gate=1.0 fill=baseline"
+    assert (
+        strict["settings"]
+        == "points+box granularity=class selection=baseline_iou gate=1.0 min_change=1.0 protect_regions=True fill=baseline"
+    )
     assert strict["accepted"] == 0.0  # no random-SAM candidate matches its region exactly
     box = table.rows[1]  # the study configuration sets its own gate, which common does not replace
     assert "gate=0.0" in box["settings"] and "fill=background" in box["settings"]
@@ -227,7 +230,9 @@ def test_ids_from_num_classes_on_are_ignored_in_ground_truth_and_wrong_in_predic
 
 
 def test_gate_counts_of_a_batch_retried_sample_by_sample_are_not_doubled(scene_dataset, cache):
-    configs = {"loose": {"prompts": ("points", "box"), "gate": 0.0}}
+    configs = {
+        "loose": {"prompts": ("points", "box"), "gate": 0.0, "min_change": 0.0, "protect_regions": False}
+    }
     clean = prompt_study(
         scene_dataset, configs=configs, baseline_field="coarse", cache=cache, field_prefix="a_"
     )
@@ -254,3 +259,53 @@ def test_prompt_study_operator_runs_the_chosen_configurations(scene_dataset):
     assert [row["config"] for row in result["rows"]] == ["baseline", "box", "points_box_gated"]
     assert scene_dataset.count("study_box") == 4 and scene_dataset.get_field("study_single_point") is None
     assert "points_box_gated" in result["table"]
+
+
+def _failure_case_dataset(dataset, tmp_path):
+    """One image: two class-1 objects (the baseline misses one entirely) and a class-2 object the baseline
+    covers only in part; class 3 is exact."""
+    from PIL import Image
+
+    gt = np.zeros((64, 80), np.uint8)
+    gt[5:20, 5:20] = 1
+    gt[40:58, 5:20] = 1
+    gt[10:50, 40:60] = 2
+    gt[50:60, 65:78] = 3
+    baseline = gt.copy()
+    baseline[40:58, 5:20] = 0  # a missed object
+    baseline[30:50, 40:60] = 0  # half an object
+    path = tmp_path / "case.png"
+    Image.fromarray(np.stack([gt * 60] * 3, axis=-1)).save(path)
+    dataset.add_sample(
+        fo.Sample(
+            filepath=str(path), ground_truth=fo.Segmentation(mask=gt), coarse=fo.Segmentation(mask=baseline)
+        )
+    )
+    return dataset
+
+
+def test_the_table_counts_prompt_sets_with_missing_incomplete_and_overlapping_objects(
+    dataset, tmp_path, cache
+):
+    from samseg_core.prompt_failures import class_failure_modes, prompt_set_failures
+
+    _failure_case_dataset(dataset, tmp_path)
+    table = prompt_study(
+        dataset, baseline_field="coarse", cache=cache, configs=("box", "points_box_gated"), num_classes=4
+    )
+    box = next(row for row in table.rows if row["config"] == "box")
+    # class granularity: prompt sets for classes 0 (background, not an object), 1, 2 and 3
+    assert (box["missing"], box["incomplete"], box["overlapping"]) == (1, 1, 0)
+    assert (box["missing_accepted"], box["incomplete_accepted"]) == (1, 1)  # the study's gate 0 accepts all
+    gated = next(row for row in table.rows if row["config"] == "points_box_gated")
+    assert gated["missing_accepted"] <= gated["missing"] == 1
+    assert table.rows[0]["missing"] is None
+    text = table.format_table()
+    assert "missing" in text.splitlines()[0] and "1/1" in text
+
+    gt = dataset.first().ground_truth.mask
+    modes = class_failure_modes(dataset.first().coarse.mask, gt)
+    assert modes == {1: {"missing"}, 2: {"incomplete"}}
+    counts = prompt_set_failures(np.array([1, 2, 3, 1]), np.array([True, False, True, False]), modes)
+    assert counts == {"missing": 2, "missing_accepted": 1, "incomplete": 1, "incomplete_accepted": 0,
+                      "overlapping": 0, "overlapping_accepted": 0}  # fmt: skip

@@ -13,12 +13,20 @@ import pytest
 import torch
 
 from samseg_core.prompts import PromptSet
-from samseg_core.refine import MAX_PROMPTS_PER_CALL, prompts_per_call, refine_prompt_sets, refine_semantic
+from samseg_core.refine import MAX_PROMPTS_PER_CALL, prompts_per_call, refine_semantic
+from samseg_core.refine import refine_prompt_sets as gated_refine_prompt_sets
 from samseg_core.sam_embedding import EmbeddingCache
 from samseg_core.testing import degrade_prediction, make_scene, tiny_sam
 
 SHAPE = (20, 20)
 LOGIT = 5.0
+#: The change gates off: the tests of selection, the IoU gate, fill and overlap use toy masks whose changes are
+#: deliberately small or swallow regions; the change gates have their own tests at the end.
+OPEN = {"min_change": 0.0, "protect_regions": False}
+
+
+def refine_prompt_sets(*args, **kwargs):
+    return gated_refine_prompt_sets(*args, **{**OPEN, **kwargs})
 
 
 class CandidatePredictor:
@@ -225,7 +233,7 @@ def test_real_tiny_sam_refinement_returns_consistent_scores(tiny_cache):
     baseline = degrade_prediction(scene)
     image = tiny_cache.prompt_image("scene0", scene.image)
 
-    result = refine_semantic(image, baseline, prompts=("points", "box", "mask"), gate=0.3)
+    result = refine_semantic(image, baseline, prompts=("points", "box", "mask"), gate=0.3, **OPEN)
 
     regions = result.regions
     assert result.semantic.shape == baseline.shape and len(regions) == len(np.unique(baseline))
@@ -248,3 +256,51 @@ def test_embedding_is_computed_once_for_many_refinements_of_an_image(tiny_cache)
         refine_semantic(tiny_cache.prompt_image("scene1", scene.image), baseline, prompts=prompts)
 
     assert tiny_cache.encoder_calls - before == 1
+
+
+def _eroded_square():
+    """Class 1 is a 10x10 square the baseline has eroded by 2 px on every side (a 6x6 square)."""
+    truth = _rect(5, 15, 5, 15)
+    return truth, _semantic((_rect(7, 13, 7, 13), 1))
+
+
+def test_min_change_rejects_a_candidate_within_boundary_noise_and_accepts_a_real_correction():
+    truth, baseline = _eroded_square()
+    region = baseline == 1
+    nudged = region | _rect(6, 7, 7, 13)  # one row more: 6 changed px for a 24 px boundary
+    for candidate, accepted in ((nudged, False), (truth, True)):
+        predictor = CandidatePredictor([[candidate, EMPTY, EMPTY]])
+        result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, region)], gate=0.3)
+        assert result.regions.accepted.tolist() == [accepted]
+        assert result.regions.changed_pixels[0] == np.count_nonzero(candidate & ~region)
+        expected = truth if accepted else region
+        assert np.array_equal(result.semantic == 1, expected)
+    ratio = gated_refine_prompt_sets(
+        CandidatePredictor([[nudged, EMPTY, EMPTY]]), baseline, [_prompt(1, region)], gate=0.3, min_change=0.2
+    ).regions
+    assert ratio.accepted.tolist() == [True] and ratio.change_ratio[0] == pytest.approx(6 / (24 * np.pi / 4))
+
+
+def test_protect_regions_rejects_a_candidate_that_swallows_another_class_region():
+    truth, baseline = _eroded_square()
+    neighbour = _rect(5, 15, 15, 19)  # class 2, touching the square's right side
+    baseline[neighbour] = 2
+    swallowing = truth | neighbour  # a box holding both objects
+    predictor = CandidatePredictor([[swallowing, EMPTY, EMPTY]])
+    result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, baseline == 1)], gate=0.2)
+    assert result.regions.swallows.tolist() == [True] and result.regions.accepted.tolist() == [False]
+    assert np.array_equal(result.semantic, baseline)
+    open_gate = gated_refine_prompt_sets(
+        CandidatePredictor([[swallowing, EMPTY, EMPTY]]), baseline, [_prompt(1, baseline == 1)], gate=0.2,
+        protect_regions=False,
+    )  # fmt: skip
+    assert (open_gate.semantic[neighbour] == 1).all()
+
+
+def test_a_speck_smaller_than_the_protected_area_may_be_absorbed():
+    truth, baseline = _eroded_square()
+    speck = _rect(9, 11, 13, 15)  # 4 px of class 3 inside the eroded band: baseline noise, free to fix
+    baseline[speck] = 3
+    predictor = CandidatePredictor([[truth, EMPTY, EMPTY]])
+    result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, baseline == 1)], gate=0.3)
+    assert result.regions.accepted.tolist() == [True] and (result.semantic[speck] == 1).all()

@@ -5,6 +5,11 @@ sample tag ``name``, the label tag ``name`` on failure labels, and the saved vie
 worst IoU first) and ``name-<mode>`` (queued samples with a failure of that mode). Re-running updates them in
 place: samples that left the queue lose the tag, nothing is duplicated. A tag or saved view of that name that
 the queue did not create is never touched unless ``overwrite=True``.
+
+Label Studio gets a semantic ``fo.Segmentation`` as brush regions, one per class, staged in a ``fo.Detections``
+field ``<annotation_field>_<anno_key>`` (FiftyOne's Label Studio backend cannot send a Segmentation, and reads a
+brush back as a 0/255 mask without its class); :func:`load_relabel_results` paints them back into the
+Segmentation of each sample whose regions the annotators changed, and leaves the others as they were.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import numpy as np
 
 from samseg_core.errors import FieldExistsError, StageParameterError
 from samseg_core.failures import FAILURE_MODES
@@ -142,6 +149,11 @@ def _check_backend(samples: Any, options: RelabelQueueOptions) -> None:
         raise FieldExistsError(
             "anno_key", f"annotation run '{options.anno_key}' already exists", "choose another key"
         )
+    label_field = _annotation_field(samples._dataset, options)
+    if options.anno_key and _sends_regions(samples._dataset, options.backend, label_field):
+        staged = regions_field(label_field, options.anno_key)
+        if samples._dataset.get_field(staged) is not None:
+            raise FieldExistsError("anno_key", f"field '{staged}' already exists", "choose another key")
 
 
 def view_name(name: str, mode: str | None = None) -> str:
@@ -275,10 +287,19 @@ def build_relabel_queue(samples: Any, options: RelabelQueueOptions, run: RunOpti
         added=len(set(ids) - previous), removed=len(leaving),
     )  # fmt: skip
     anno_keys = list((record or {}).get("anno_keys", []))
+    regions = dict((record or {}).get("regions", {}))
+    # recorded before sending: a failed upload leaves a queue this call owns, so a re-run needs no overwrite
+    _save_record(
+        dataset, options.name, _record(options, views, failures_field, modes, ids, anno_keys, regions)
+    )
     if options.backend:
-        queue.anno_key = _send_to_annotation(dataset, options)
+        queue.anno_key, staged = _send_to_annotation(dataset, options)
         anno_keys.append(queue.anno_key)
-    _save_record(dataset, options.name, _record(options, views, failures_field, modes, ids, anno_keys))
+        if staged:
+            regions[queue.anno_key] = staged
+        _save_record(
+            dataset, options.name, _record(options, views, failures_field, modes, ids, anno_keys, regions)
+        )
     queue.seconds = time.monotonic() - started
     return queue
 
@@ -290,6 +311,7 @@ def _record(
     modes: list[str],
     ids: list[str],
     anno_keys: list[str],
+    regions: dict[str, dict[str, str]],
 ) -> dict[str, Any]:
     return {
         "tag": options.name,
@@ -300,6 +322,7 @@ def _record(
         "modes": modes,
         "samples": len(ids),
         "anno_keys": anno_keys,
+        "regions": regions,
         "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -350,37 +373,139 @@ def _save_views(
     return list(wanted)
 
 
-def _send_to_annotation(dataset: Any, options: RelabelQueueOptions) -> str:
-    """Sends the queue view to the annotation backend through FiftyOne's ``annotate()``; returns the key."""
+def _annotation_field(dataset: Any, options: RelabelQueueOptions) -> str | None:
+    """The field annotators correct: ``annotation_field``, ``annotate_kwargs["label_field"]``, else the
+    evaluation's ground truth; None when ``annotate_kwargs`` has a ``label_schema``."""
+    kwargs = options.annotate_kwargs or {}
+    if options.annotation_field or "label_field" in kwargs:
+        return options.annotation_field or kwargs["label_field"]
+    if "label_schema" in kwargs:
+        return None
+    gt_field = None
+    if options.eval_key:
+        config = dataset.get_run_info(options.eval_key).config
+        gt_field = getattr(config, "gt_field", None) or getattr(config, "baseline_field", None)
+    if not gt_field:
+        raise StageParameterError("annotation_field", "no field to correct", "pass annotation_field=...")
+    return gt_field
+
+
+def regions_field(label_field: str, anno_key: str) -> str:
+    """The ``fo.Detections`` field that stages a Segmentation's brush regions for annotation run ``anno_key``."""
+    return f"{label_field}_{anno_key}"
+
+
+def _sends_regions(dataset: Any, backend: str | None, label_field: str | None) -> bool:
+    """Whether ``label_field`` goes to ``backend`` as brush regions (a Segmentation sent to Label Studio)."""
+    import fiftyone as fo
+
+    if backend != "labelstudio" or not label_field:
+        return False
+    field = dataset.get_field(label_field)
+    return getattr(field, "document_type", None) is fo.Segmentation
+
+
+def _send_to_annotation(dataset: Any, options: RelabelQueueOptions) -> tuple[str, dict[str, str] | None]:
+    """Sends the queue view to the annotation backend through FiftyOne's ``annotate()``. Returns the key and,
+    for a Segmentation sent to Label Studio, ``{"label_field", "regions_field"}``. A failed upload leaves no
+    annotation run and no staged field behind."""
     kwargs = dict(options.annotate_kwargs or {})
-    if options.annotation_field:
-        kwargs["label_field"] = options.annotation_field
-    if "label_field" not in kwargs and "label_schema" not in kwargs:
-        gt_field = None
-        if options.eval_key:
-            config = dataset.get_run_info(options.eval_key).config
-            gt_field = getattr(config, "gt_field", None) or getattr(config, "baseline_field", None)
-        if not gt_field:
-            raise StageParameterError("annotation_field", "no field to correct", "pass annotation_field=...")
-        kwargs["label_field"] = gt_field
+    label_field = _annotation_field(dataset, options)
+    if label_field:
+        kwargs["label_field"] = label_field
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d_%H%M%S")
     anno_key = options.anno_key or f"{options.name.replace('-', '_')}_{stamp}"
-    dataset.load_saved_view(view_name(options.name)).annotate(anno_key, backend=options.backend, **kwargs)
-    return anno_key
+    view = dataset.load_saved_view(view_name(options.name))
+    staged = None
+    if _sends_regions(dataset, options.backend, label_field):
+        staged = {"label_field": label_field, "regions_field": regions_field(label_field, anno_key)}
+        kwargs.update(_stage_regions(view, **staged))
+    try:
+        view.annotate(anno_key, backend=options.backend, **kwargs)
+    except Exception:
+        if anno_key in dataset.list_annotation_runs():
+            dataset.delete_annotation_run(anno_key)  # FiftyOne registers the run before uploading
+        if staged and dataset.get_field(staged["regions_field"]) is not None:
+            dataset.delete_sample_field(staged["regions_field"])
+        raise
+    return anno_key, staged
+
+
+def _mask_names(dataset: Any, label_field: str) -> dict[int, str]:
+    targets = dataset.mask_targets.get(label_field) or dataset.default_mask_targets or {}
+    return {int(value): name for value, name in targets.items()}
+
+
+def _stage_regions(view: Any, label_field: str, regions_field: str) -> dict[str, Any]:
+    """Writes each sample's Segmentation as one masked Detection per class into ``regions_field``; returns
+    the ``annotate()`` arguments that send that field as Label Studio brushes with every class offered."""
+    import fiftyone as fo
+
+    names = _mask_names(view._dataset, label_field)
+    regions = []
+    for seg in view.values(label_field):
+        mask = seg.get_mask() if seg is not None else None
+        values = [] if mask is None else [int(v) for v in np.unique(mask) if v != 0]
+        regions.append(
+            fo.Detections(
+                detections=[fo.Detection.from_mask(mask == v, label=names.get(v, str(v))) for v in values]
+            )
+        )
+    classes = sorted(
+        {*(n for v, n in names.items() if v != 0), *(d.label for r in regions for d in r.detections)}
+    )
+    view.set_values(regions_field, regions)
+    return {"label_field": regions_field, "label_type": "instances", "classes": classes}
+
+
+def _paint_regions(detections: Any, shape: tuple[int, int], values: dict[str, int], dtype: Any) -> np.ndarray:
+    """The semantic map of brush regions (later regions win overlaps; unpainted pixels are background)."""
+    out = np.zeros(shape, dtype)
+    for det in detections.detections if detections is not None else []:
+        value = values.get(det.label)
+        if value is not None and det.mask is not None:
+            out[det.to_segmentation(frame_size=(shape[1], shape[0]), target=1).get_mask() > 0] = value
+    return out
+
+
+def _painted(dataset: Any, staged: dict[str, str]) -> dict[str, Any]:
+    """Sample id -> (its Segmentation, the semantic map its staged regions paint), for the staged samples."""
+    values = {name: value for value, name in _mask_names(dataset, staged["label_field"]).items()}
+    view = dataset.exists(staged["regions_field"])
+    painted = {}
+    for sid, seg, regions in zip(*view.values(["id", staged["label_field"], staged["regions_field"]])):
+        mask = seg.get_mask() if seg is not None else None
+        if mask is not None:
+            painted[sid] = (seg, _paint_regions(regions, mask.shape, values, mask.dtype))
+    return painted
 
 
 def load_relabel_results(
     samples: Any, name: str = "relabel", anno_key: str | None = None, *, cleanup: bool = False, **kwargs: Any
 ) -> str:
     """Loads the annotators' corrections of queue ``name`` back into the dataset (FiftyOne's
-    ``load_annotations``); ``anno_key`` defaults to the queue's latest annotation run. Returns the key used."""
+    ``load_annotations``); ``anno_key`` defaults to the queue's latest annotation run. Returns the key used.
+
+    Brush regions staged for a Segmentation (Label Studio) are painted back into it for the samples whose
+    regions changed; the others keep their masks as they were."""
     dataset = samples._dataset
+    record = queue_records(dataset).get(name) or {}
     if anno_key is None:
-        keys = (queue_records(dataset).get(name) or {}).get("anno_keys") or []
+        keys = record.get("anno_keys") or []
         if not keys:
             raise ValueError(f"relabel queue '{name}' was never sent to annotation")
         anno_key = keys[-1]
+    staged = (record.get("regions") or {}).get(anno_key)
+    before = _painted(dataset, staged) if staged else {}
     dataset.load_annotations(anno_key, cleanup=cleanup, **kwargs)
+    if staged:
+        corrected = {}
+        for sid, (seg, painted) in _painted(dataset, staged).items():
+            if sid in before and not np.array_equal(painted, before[sid][1]):
+                seg.mask, seg.mask_path = painted, None  # same label id, tags and attributes
+                corrected[sid] = seg
+        if corrected:
+            dataset.set_values(staged["label_field"], corrected, key_field="id")
     return anno_key
 
 

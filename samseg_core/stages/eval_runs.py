@@ -1,6 +1,6 @@
 """samseg's QA runs stored as FiftyOne runs, so they can be listed, reloaded, renamed and deleted.
 
-Every samseg QA run (``kind`` ``iou``, ``agreement``, ``failures``) is a :class:`SamsegRunConfig` registered with
+Every samseg QA run (``kind`` ``iou``, ``agreement``, ``failures``, ``fusion``) is a :class:`SamsegRunConfig` registered with
 ``samples.register_run``; its method is ``samseg_<kind>``, so ``dataset.list_runs(method="samseg_iou")`` lists
 the IoU evaluations. A run's sample fields all start with its key; the config stores their suffixes, so
 :class:`SamsegRun` knows them under any key: ``rename_run`` renames them and ``delete_run`` deletes them.
@@ -13,8 +13,8 @@ from typing import Any
 
 import fiftyone.core.runs as fors
 
-IOU, AGREEMENT, FAILURES = "iou", "agreement", "failures"
-KINDS = (IOU, AGREEMENT, FAILURES)
+IOU, AGREEMENT, FAILURES, FUSION = "iou", "agreement", "failures", "fusion"
+KINDS = (IOU, AGREEMENT, FAILURES, FUSION)
 
 
 def method_of(kind: str) -> str:

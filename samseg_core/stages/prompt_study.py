@@ -19,9 +19,11 @@ from typing import Any, Literal
 import numpy as np
 
 from samseg_core.errors import StageParameterError
+from samseg_core.failures import FAILURE_MODES
 from samseg_core.labels import mask_targets_of, read_segmentation
 from samseg_core.masks import resize_mask_nearest
 from samseg_core.metrics import MAX_CLASSES, ConfusionAccumulator, IoUOptions, score_masks
+from samseg_core.prompt_failures import class_failure_modes, prompt_set_failures
 from samseg_core.refine import DEFAULT_GATE
 from samseg_core.runner import STATS, RunSummary, SampleItem, run_stage
 from samseg_core.stages.options import SEGMENTATION, OutputField, input_field, option, output_field
@@ -43,6 +45,8 @@ STUDY_SETTINGS: dict[str, Any] = {
     "granularity": "class",
     "selection": "baseline_iou",
     "gate": 0.0,
+    "min_change": 0.0,
+    "protect_regions": False,
     "fill": "background",
 }
 
@@ -202,8 +206,11 @@ class PromptStudyTable(RunSummary):
 
     Each row: ``config``, ``field``, ``settings`` (prompts and options), ``miou`` (from the summed confusion
     matrix over all images, the mmseg / SSA reduction), ``mean_image_miou`` (mean of per-image mIoUs),
-    ``pixel_accuracy``, ``delta_miou`` (``miou`` minus the baseline's) and ``accepted`` (share of prompt sets
-    that passed the gate in this run, None for the baseline or when nothing ran). mIoU values are in [0, 1].
+    ``pixel_accuracy``, ``delta_miou`` (``miou`` minus the baseline's), ``accepted`` (share of prompt sets
+    that passed the gate in this run, None for the baseline or when nothing ran) and, per failure mode of
+    :mod:`samseg_core.prompt_failures` (``missing``, ``incomplete``, ``overlapping``), the prompt sets under it
+    and ``<mode>_accepted``, those the gate accepted (samples with ground truth only; None for the baseline).
+    mIoU values are in [0, 1].
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -237,6 +244,12 @@ def _percent(value: float | None) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
 
 
+def _mode_cell(row: Mapping[str, Any], mode: str) -> str:
+    """``accepted/total`` prompt sets under a failure mode (``-`` for the baseline)."""
+    total = row.get(mode)
+    return "-" if total is None else f"{row.get(f'{mode}_accepted', 0)}/{total}"
+
+
 def _table_line(row: Mapping[str, Any]) -> list[str]:
     delta = row.get("delta_miou")
     return [
@@ -246,19 +259,31 @@ def _table_line(row: Mapping[str, Any]) -> list[str]:
         _percent(row.get("pixel_accuracy")),
         "-" if delta is None or math.isnan(delta) else f"{100 * delta:+.2f}",
         _percent(row.get("accepted")),
+        *(_mode_cell(row, mode) for mode in FAILURE_MODES),
         str(row.get("settings", "")),
     ]
 
 
 def format_table(table: PromptStudyTable | Sequence[Mapping[str, Any]]) -> str:
-    """Returns a prompt study table (or its rows) as aligned text for printing."""
+    """Returns a prompt study table (or its rows) as aligned text for printing; the failure-mode columns read
+    ``accepted/total`` prompt sets with missing / incomplete / overlapping objects."""
     rows = table.rows if isinstance(table, PromptStudyTable) else list(table)
-    header = ["config", "mIoU", "mean img mIoU", "pixel acc", "delta mIoU", "accepted", "settings"]
+    header = [
+        "config",
+        "mIoU",
+        "mean img mIoU",
+        "pixel acc",
+        "delta mIoU",
+        "accepted",
+        *FAILURE_MODES,
+        "settings",
+    ]
     lines = [header, *(_table_line(row) for row in rows)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = [
         "  ".join(
-            cell.ljust(w) if i in (0, 6) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))
+            cell.ljust(w) if i in (0, len(header) - 1) else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(line, widths))
         ).rstrip()
         for line in lines
     ]
@@ -356,7 +381,9 @@ def study_scores(
 def _settings_text(settings: Mapping[str, Any]) -> str:
     parts = ["+".join(settings.get("prompts", ()))]
     parts += [
-        f"{key}={settings[key]}" for key in ("granularity", "selection", "gate", "fill") if key in settings
+        f"{key}={settings[key]}"
+        for key in ("granularity", "selection", "gate", "min_change", "protect_regions", "fill")
+        if key in settings
     ]
     return " ".join(parts)
 
@@ -367,11 +394,15 @@ class _GateCounts:
     def __init__(self, names: Sequence[str]) -> None:
         self.prompt_sets = dict.fromkeys(names, 0)
         self.accepted = dict.fromkeys(names, 0)
+        keys = [k for mode in FAILURE_MODES for k in (mode, f"{mode}_accepted")]
+        self.failures = {name: dict.fromkeys(keys, 0) for name in names}
 
     def add(self, sample_id: str, stats: Mapping[str, Mapping[str, int]]) -> None:
         for name, counts in stats.items():
             self.prompt_sets[name] += counts["prompt_sets"]
             self.accepted[name] += counts["accepted"]
+            for key in self.failures[name]:
+                self.failures[name][key] += counts.get(key, 0)
 
     def share(self, name: str) -> float | None:
         total = self.prompt_sets[name]
@@ -384,7 +415,7 @@ def _rows(
 ) -> list[dict[str, Any]]:  # fmt: skip
     base = scores["baseline"]["miou"]
     rows = [{"config": "baseline", "field": options.baseline_field, "settings": "", **scores["baseline"],
-             "delta_miou": 0.0, "accepted": None}]  # fmt: skip
+             "delta_miou": 0.0, "accepted": None, **dict.fromkeys(FAILURE_MODES)}]  # fmt: skip
     for name, field_name in options.study_fields().items():
         rows.append(
             {
@@ -394,6 +425,7 @@ def _rows(
                 **scores[name],
                 "delta_miou": scores[name]["miou"] - base,
                 "accepted": counts.share(name),
+                **counts.failures[name],
             }
         )
     return rows
@@ -424,11 +456,16 @@ def prompt_study(plan: StagePlan, options: PromptStudyOptions) -> PromptStudyTab
 
     def study_item(item: SampleItem, embedding: Any) -> dict[str, Any]:
         baseline = baseline_of(item, options.baseline_field)
+        gt = read_segmentation(item.inputs.get(options.gt_field))
+        modes = None if gt is None else class_failure_modes(baseline, gt, options.ignore_index)
         out: dict[str, Any] = {STATS: {}}
         for name, settings in configs.items():
             refined, result = refine_image(cache, embedding, baseline, item.image.shape[:2], settings)
             out[fields[name]] = plan.segmentation(fields[name], refined, item.id)
             out[STATS][name] = region_stats(result)
+            if modes is not None:
+                regions = result.regions
+                out[STATS][name].update(prompt_set_failures(regions.class_ids, regions.accepted, modes))
         return out
 
     summary = run_stage(plan, process=embedded_process(cache, study_item), on_result=counts.add)

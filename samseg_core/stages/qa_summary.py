@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from samseg_core.stages.curation import queue_records
-from samseg_core.stages.eval_runs import AGREEMENT, FAILURES, IOU, list_samseg_runs, load_samseg_results
+from samseg_core.stages.eval_runs import (
+    AGREEMENT,
+    FAILURES,
+    FUSION,
+    IOU,
+    list_samseg_runs,
+    load_samseg_results,
+)
 from samseg_core.stages.stale_runs import stale_runs
 
 
@@ -62,6 +69,25 @@ def _agreements(dataset: Any) -> list[dict[str, Any]]:
                 "field_b": getattr(config, "field_b", None),
                 "miou": _summed(agreement).get("miou"),
                 "miou_mean_of_images": agreement.get("mean_of_images"),
+                "stale": stale_runs(dataset).get(key),
+            }
+        )
+    return out
+
+
+def _calibrations(dataset: Any) -> list[dict[str, Any]]:
+    """Per calibrate_fusion run: its fields, per-split scores and per-class table (which classes gain from SAM)."""
+    out = []
+    for key in list_samseg_runs(dataset, FUSION):
+        config = dataset.get_run_info(key).config
+        calibration = load_samseg_results(dataset, key).get("calibration") or {}
+        out.append(
+            {
+                "key": key,
+                "gt_field": getattr(config, "gt_field", None),
+                "baseline_field": getattr(config, "baseline_field", None),
+                "scores": calibration.get("scores", {}),
+                "table": calibration.get("table", []),
                 "stale": stale_runs(dataset).get(key),
             }
         )
@@ -125,7 +151,7 @@ def qa_summary(samples: Any, *, eval_key: str | None = None, worst: int = 10) ->
 
     Returns:
         ``{"evaluations": [...], "selected": key, "per_class": {...}, "worst": [...], "agreements": [...],
-        "failures": [...], "queues": [...]}``.
+        "failures": [...], "calibrations": [...], "queues": [...]}``.
     """
     dataset = samples._dataset
     evaluations = _evaluations(dataset)
@@ -150,6 +176,7 @@ def qa_summary(samples: Any, *, eval_key: str | None = None, worst: int = 10) ->
         "worst": worst_samples(samples, eval_key, worst),
         "agreements": _agreements(dataset),
         "failures": _failures(dataset),
+        "calibrations": _calibrations(dataset),
         "queues": queues,
     }
 
@@ -187,6 +214,29 @@ def stale_note(entry: dict[str, Any]) -> str:
     )
 
 
+def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
+    """A calibration's lines: held-out scores, then per class the method chosen and its gains."""
+
+    def fmt(value: Any, sign: str = "") -> str:
+        return "–" if value is None else f"{value:{sign}.4f}"
+
+    held = calibration.get("scores", {}).get("held_out", {})
+    lines = [
+        f"**Calibrated fusion '{calibration['key']}'** (`{calibration['baseline_field']}` vs "
+        f"`{calibration['gt_field']}`): held-out mIoU {fmt(held.get('baseline_miou'))} → "
+        f"{fmt(held.get('fused_miou'))} on {held.get('images', 0)} images{stale_note(calibration)}",
+        "",
+        "| class | method | Δ mIoU (calibration) | Δ mIoU (held-out) | Δ class IoU | support (px) | why baseline |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in calibration.get("table", []):
+        lines.append(
+            f"| {row['class']} | {row['method']} | {fmt(row['gain'], '+')} | {fmt(row['held_out_gain'], '+')} | "
+            f"{fmt(row['class_iou_gain'], '+')} | {row['support']} | {row['reason'] or '–'} |"
+        )
+    return lines
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A markdown digest of a :func:`qa_summary`: mIoU per field with deltas, agreement and failure counts."""
 
@@ -215,4 +265,6 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for failure in summary.get("failures", []):
         counts = ", ".join(f"{mode} {n}" for mode, n in failure["counts"].items())
         lines.append(f"**{failure['key']}** (`{failure['pred_field']}`): {counts}{stale_note(failure)}")
+    for calibration in summary.get("calibrations", []):
+        lines += ["", *calibration_markdown(calibration)]
     return "\n".join(lines) if lines else "No samseg evaluation yet: run **samseg: evaluate IoU**."

@@ -19,7 +19,15 @@ from samseg_core.errors import StageParameterError
 from samseg_core.labels import detections_from_masks, mask_targets_of, read_segmentation
 from samseg_core.masks import resize_mask_nearest
 from samseg_core.prompts import DEFAULT_MASK_LOGIT, DEFAULT_MIN_REGION_AREA, Granularity
-from samseg_core.refine import DEFAULT_GATE, Fill, Overlap, RefinementResult, Selection, refine_semantic
+from samseg_core.refine import (
+    DEFAULT_GATE,
+    DEFAULT_MIN_CHANGE,
+    Fill,
+    Overlap,
+    RefinementResult,
+    Selection,
+    refine_semantic,
+)
 from samseg_core.runner import STATS, RunSummary, SampleItem, StageResult, run_stage
 from samseg_core.stages.options import (
     DETECTIONS,
@@ -46,6 +54,8 @@ REFINE_SETTINGS = (
     "granularity",
     "selection",
     "gate",
+    "min_change",
+    "protect_regions",
     "fill",
     "overlap",
     "loose_margin",
@@ -89,6 +99,15 @@ class RefinementOptions(SamOptions):
     gate: float = option(
         DEFAULT_GATE, "No-harm gate: accept a candidate only if its IoU with its baseline region is at least "
         "this (0: the study)", ge=0.0, le=1.0, label="No-harm gate",
+    )  # fmt: skip
+    min_change: float = option(
+        DEFAULT_MIN_CHANGE, "Accept a candidate only if the pixels it changes reach this many per pixel of its "
+        "region's boundary: smaller changes are within SAM's boundary noise (0: the study)", ge=0.0, le=100.0,
+        label="Minimum change",
+    )  # fmt: skip
+    protect_regions: bool = option(
+        True, "Reject a candidate that takes half or more of another class's region (a prompt that hit the "
+        "wrong object); off: the study", label="Protect other regions",
     )  # fmt: skip
     fill: Fill = option(
         "baseline", "baseline: pixels no accepted mask claims keep the baseline; background: the study's "

@@ -34,6 +34,7 @@ STAGE_MODULES = (
     "samseg_core.stages.agreement",
     "samseg_core.stages.failure_modes",
     "samseg_core.stages.curation",
+    "samseg_core.stages.fusion",
 )
 
 Implementation = Callable[[StagePlan, Any], Any]

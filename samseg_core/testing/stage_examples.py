@@ -22,7 +22,7 @@ TINY_SAM = "samseg_core.testing:tiny_sam"
 TINY_CLIP = "samseg_core.testing.tiny_engine_models:tiny_clip_dir"
 TINY_BLIP = "samseg_core.testing.tiny_engine_models:tiny_blip_dir"
 TINY_CLIPSEG = "samseg_core.testing.tiny_engine_models:tiny_clipseg_dir"
-IOU_KEY, FAILURES_KEY = "ex_iou", "ex_failures"
+IOU_KEY, FAILURES_KEY, FUSION_KEY = "ex_iou", "ex_failures", "ex_fusion"
 
 
 def contract_dataset(dataset: Any, workdir: str | os.PathLike, num_samples: int = 3) -> Any:
@@ -32,6 +32,7 @@ def contract_dataset(dataset: Any, workdir: str | os.PathLike, num_samples: int 
     from samseg_core.mask_targets import merge_mask_targets
     from samseg_core.stages.evaluation import evaluate_iou
     from samseg_core.stages.failure_modes import detect_failures
+    from samseg_core.stages.fusion import calibrate_fusion
 
     scenes = make_scenes(num_samples, seed=0, size=(96, 112))
     paths = write_scene_images(scenes, Path(workdir) / "images")
@@ -57,6 +58,9 @@ def contract_dataset(dataset: Any, workdir: str | os.PathLike, num_samples: int 
     merge_mask_targets(dataset, "baseline", scenes[0].class_names)
     evaluate_iou(dataset, "baseline", "ground_truth", eval_key=IOU_KEY)
     detect_failures(dataset, "baseline", "ground_truth", eval_key=FAILURES_KEY)
+    calibrate_fusion(
+        dataset, eval_key=FUSION_KEY, methods=("vote",), masks="slic", min_support=1, device="cpu"
+    )
     return dataset
 
 
@@ -117,6 +121,16 @@ def _queue(workdir: Path) -> dict[str, Any]:
     return {"eval_key": IOU_KEY, "failures_key": FAILURES_KEY, "name": "ex_queue", "max_samples": 2}
 
 
+def _calibration(workdir: Path) -> dict[str, Any]:
+    return {"gt_field": "ground_truth", "baseline_field": "baseline", "eval_key": "ex_calibration",
+            "sam": TINY_SAM, "masks": "slic", "min_support": 1}  # fmt: skip
+
+
+def _apply_fusion(workdir: Path) -> dict[str, Any]:
+    return {"calibration": FUSION_KEY, "label_field": "ex_fused", "masks": "slic",
+            "mask_dir": str(workdir / "masks")}  # fmt: skip
+
+
 EXAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "run_baseline": _baseline,
     "refine_with_sam": _refinement,
@@ -127,6 +141,8 @@ EXAMPLES: dict[str, Callable[[Path], dict[str, Any]]] = {
     "agreement_iou": _agreement,
     "detect_failures": _failures,
     "build_relabel_queue": _queue,
+    "calibrate_fusion": _calibration,
+    "apply_fusion": _apply_fusion,
 }
 
 
