@@ -51,6 +51,7 @@ from samseg_core.models.promptable import PromptImage  # noqa: E402
 from samseg_core.prompts import prompt_sets_from_semantic  # noqa: E402
 from samseg_core.refine import (  # noqa: E402
     DEFAULT_GATE,
+    STUDY_SETTINGS,
     aggregate_masks,
     refine_prompt_sets,
     refine_semantic,
@@ -81,15 +82,8 @@ SETTINGS: dict[str, dict] = {
     "merged_objects": {"merge": True, "blur_radius": 1},
 }
 
-#: The study's setting (``samseg_core.stages.prompt_study.STUDY_SETTINGS``).
-STUDY = {
-    "granularity": "class",
-    "selection": "baseline_iou",
-    "gate": 0.0,
-    "min_change": 0.0,
-    "protect_regions": False,
-    "fill": "background",
-}
+#: The study's setting (``samseg_core.refine.STUDY_SETTINGS``, which the prompt study uses too).
+STUDY = STUDY_SETTINGS
 #: The study's prompt types (``STUDY_CONFIGS``' Table 2 rows).
 STUDY_PROMPTS = {
     "point": ("point",),

@@ -9,10 +9,11 @@ SAM's predicted IoU -> the **no-harm gate**: the chosen candidate is accepted on
 baseline region is at least ``gate`` (``gate=0`` accepts everything, as the study did), and the two
 **change gates** look at the pixels it would change (mask pixels the baseline gives another class):
 
-- ``min_change`` (default 1): the changed pixels must amount to at least this many per pixel of the region's
-  boundary. Below that the candidate only moves the baseline's boundary by less than a pixel on average,
-  which is SAM's own boundary noise: painting it replaces baseline pixels with equally uncertain ones (on a
-  near-perfect baseline, strictly worse ones).
+- ``min_change`` (default 2): the changed pixels must amount to at least this many per pixel of the region's
+  boundary. Below that the candidate moves the baseline's boundary by less than two pixels on average, within
+  SAM's own boundary noise (1-2 px): painting it replaces baseline pixels with equally uncertain ones (on a
+  near-perfect baseline, strictly worse ones). On the SAM simulator 1 px still lost where SAM's noise was
+  1.5 px; 2 px lost at most 0.001 mIoU there (``docs/quality.md``).
 - ``protect_regions`` (default on): the changed pixels must not cover half or more of any connected baseline
   region of another class of :data:`PROTECTED_MIN_AREA` pixels or more. A mask that swallows a neighbour's
   region is a prompt that hit the wrong object (a box holding several, a point on a boundary) or a leak into a
@@ -58,6 +59,7 @@ __all__ = [
     "PromptTarget",
     "RefinedRegions",
     "RefinementResult",
+    "STUDY_SETTINGS",
     "aggregate_masks",
     "boundary_length",
     "prompts_per_call",
@@ -73,7 +75,17 @@ Overlap = Literal["area", "score"]
 STABILITY_OFFSET = 1.0
 DEFAULT_GATE = 0.5
 #: Default of ``min_change``: changed pixels per pixel of the region's boundary a candidate must reach.
-DEFAULT_MIN_CHANGE = 1.0
+DEFAULT_MIN_CHANGE = 2.0
+#: The workshop study's setting of :func:`refine_semantic`: one prompt set per class, best candidate by baseline
+#: IoU, no gate of any kind, empty start map.
+STUDY_SETTINGS: dict[str, Any] = {
+    "granularity": "class",
+    "selection": "baseline_iou",
+    "gate": 0.0,
+    "min_change": 0.0,
+    "protect_regions": False,
+    "fill": "background",
+}
 #: Baseline regions smaller than this are not protected by ``protect_regions`` (specks are the baseline's noise).
 PROTECTED_MIN_AREA = 16
 #: Upper bound on prompt sets per decoder call.

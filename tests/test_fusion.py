@@ -260,3 +260,24 @@ def test_apply_fusion_refuses_an_existing_field_and_a_missing_calibration(study_
     with pytest.raises(StageParameterError, match="calibration"):
         apply_fusion(dataset, calibration="nope", label_field="fused", masks="slic")
     assert "fused" not in dataset.get_field_schema()
+
+
+def _calibration_form(dataset):
+    import fiftyone.operators as foo
+    from fiftyone.operators.executor import ExecutionContext
+
+    ctx = ExecutionContext(request_params={"dataset_name": dataset.name, "params": {}})
+    return foo.get_operator("@samseg/samseg/calibrate_fusion").resolve_input(ctx).type.properties
+
+
+def test_the_calibration_form_starts_with_what_works_on_this_machine(study_dataset, tmp_path, monkeypatch):
+    dataset, _ = study_dataset
+    form = _calibration_form(dataset)
+    assert list(form["methods"].default) == ["vote"] and form["masks"].default == "superpixels"
+    assert "No SAM checkpoint on this machine" in form["methods_note"].view.label
+
+    checkpoint = tmp_path / "sam_vit_b_01ec64.pth"
+    checkpoint.write_bytes(b"found, not read")
+    monkeypatch.setenv("SAMSEG_SAM_CHECKPOINT", str(checkpoint))
+    form = _calibration_form(dataset)
+    assert list(form["methods"].default) == ["refine", "vote"] and "methods_note" not in form

@@ -106,7 +106,7 @@ def test_custom_configurations_run_after_the_chosen_ones_with_common_settings(sc
     strict = table.rows[2]
     assert (
         strict["settings"]
-        == "points+box granularity=class selection=baseline_iou gate=1.0 min_change=1.0 protect_regions=True fill=baseline"
+        == "points+box granularity=class selection=baseline_iou gate=1.0 min_change=2.0 protect_regions=True fill=baseline"
     )
     assert strict["accepted"] == 0.0  # no random-SAM candidate matches its region exactly
     box = table.rows[1]  # the study configuration sets its own gate, which common does not replace

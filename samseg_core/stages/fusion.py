@@ -56,6 +56,20 @@ from samseg_core.stages.sam_options import MaskSourceOptions, embedding_cache_fo
 FusionMethod = Literal["refine", "vote"]
 
 
+def fusion_methods_here() -> tuple[tuple[str, ...], str]:
+    """Both methods when SAM's default model has a checkpoint on this machine, else only ``vote`` (over the
+    weight-free mask source the form then starts with), and why: the methods a form should start with here."""
+    from samseg_core.stages.sam_options import mask_source_here
+
+    source, _ = mask_source_here()
+    if source == "sam":
+        return FUSION_METHODS, ""
+    return ("vote",), (
+        "No SAM checkpoint on this machine, so Methods starts as 'vote' over weight-free superpixels; add 'refine' "
+        "once 'SAM model' names a model you have."
+    )
+
+
 @dataclass(frozen=True)
 class CalibrationOptions(MaskSourceOptions):
     """Options of :func:`calibrate_fusion`."""
@@ -76,6 +90,7 @@ class CalibrationOptions(MaskSourceOptions):
     methods: tuple[FusionMethod, ...] = option(
         FUSION_METHODS, "Methods tried per class: refine (samseg's gated refinement at gates 0.5 / 0.7 / 0.9; "
         "needs SAM) and vote (no-harm voting over the mask source at shares 0.5 / 0.7 / 0.9)", label="Methods",
+        form_default=fusion_methods_here,
     )  # fmt: skip
     holdout: float = option(
         DEFAULT_HOLDOUT, "Share of the labelled samples held out to check each class's choice", ge=0.05, le=0.8,

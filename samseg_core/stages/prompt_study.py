@@ -24,7 +24,7 @@ from samseg_core.labels import mask_targets_of, read_segmentation
 from samseg_core.masks import resize_mask_nearest
 from samseg_core.metrics import MAX_CLASSES, ConfusionAccumulator, IoUOptions, score_masks
 from samseg_core.prompt_failures import class_failure_modes, prompt_set_failures
-from samseg_core.refine import DEFAULT_GATE
+from samseg_core.refine import DEFAULT_GATE, STUDY_SETTINGS
 from samseg_core.runner import STATS, RunSummary, SampleItem, run_stage
 from samseg_core.stages.options import SEGMENTATION, OutputField, input_field, option, output_field
 from samseg_core.stages.plan import StagePlan
@@ -39,16 +39,6 @@ from samseg_core.stages.refinement import (
 )
 from samseg_core.stages.registry import StageSpec, stage
 from samseg_core.stages.sam_options import SamOptions, embedding_cache_for
-
-#: The study's setting: one prompt set per class, best candidate by baseline IoU, no gate, empty start map.
-STUDY_SETTINGS: dict[str, Any] = {
-    "granularity": "class",
-    "selection": "baseline_iou",
-    "gate": 0.0,
-    "min_change": 0.0,
-    "protect_regions": False,
-    "fill": "background",
-}
 
 #: Table 2 of the workshop study (plus the annotation study's loose box and extreme points), in the study's
 #: setting, and samseg's gated default for comparison. Settings a configuration omits take refine_with_sam's
