@@ -89,10 +89,27 @@ class FusionTally:
         gt, baseline = np.asarray(gt).ravel(), np.asarray(baseline).ravel()
         stack = np.stack([np.asarray(m).ravel() for m in maps]) if maps else np.zeros((0, gt.size), int)
         valid = gt != ignore_index if ignore_index is not None else np.ones(gt.size, bool)
-        self.confusion.update(_count_rows(np.stack([gt[valid], baseline[valid]])))
+        self.confusion.update(_count_pairs(gt[valid], baseline[valid]))
         changed = valid & (stack != baseline[None]).any(axis=0)
         self.changes.update(_count_rows(np.vstack([gt[changed], baseline[changed], stack[:, changed]])))
         self.images += 1
+
+
+_DENSE_IDS = 4096
+
+
+def _count_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
+    """Pixel counts of the distinct ``(a, b)`` pairs (one bincount: the confusion of a whole image; a stray
+    large id such as 65535 falls back to sorting, never to a huge histogram)."""
+    if a.size == 0:
+        return {}
+    a, b = a.astype(np.int64), b.astype(np.int64)
+    n = int(max(a.max(), b.max())) + 1
+    if n > _DENSE_IDS:
+        return _count_rows(np.stack([a, b]))
+    counts = np.bincount(a * n + b, minlength=n * n)
+    codes = np.flatnonzero(counts)
+    return {(int(c // n), int(c % n)): int(counts[c]) for c in codes}
 
 
 def _count_rows(columns: np.ndarray) -> dict[tuple[int, ...], int]:
@@ -105,19 +122,28 @@ def _count_rows(columns: np.ndarray) -> dict[tuple[int, ...], int]:
 
 @dataclass
 class _Arrays:
-    """A tally as dense arrays over ``num_classes``: the baseline confusion and the change rows."""
+    """A tally as dense arrays over its classes' compact indices (position in the sorted class ids): the
+    baseline confusion and the change rows."""
 
     confusion: np.ndarray  # (C, C) gt x baseline
     rows: np.ndarray  # (M, 2 + K): gt, baseline, candidates
     counts: np.ndarray  # (M,)
 
 
-def _arrays(tally: FusionTally, num_classes: int) -> _Arrays:
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    for (g, b), n in tally.confusion.items():
-        confusion[g, b] += n
+def class_ids_of(*tallies: FusionTally) -> np.ndarray:
+    """The sorted class ids the tallies hold (ground truth, baseline or any candidate)."""
+    ids = {v for tally in tallies for key in list(tally.confusion) + list(tally.changes) for v in key}
+    return np.array(sorted(ids), np.int64)
+
+
+def _arrays(tally: FusionTally, ids: np.ndarray) -> _Arrays:
+    n = ids.size
+    confusion = np.zeros((n, n), np.int64)
+    if tally.confusion:
+        pairs = np.searchsorted(ids, np.array(list(tally.confusion), np.int64))
+        np.add.at(confusion, (pairs[:, 0], pairs[:, 1]), np.array(list(tally.confusion.values()), np.int64))
     k = len(tally.candidates)
-    rows = np.array(list(tally.changes), np.int64).reshape(-1, 2 + k)
+    rows = np.searchsorted(ids, np.array(list(tally.changes), np.int64).reshape(-1, 2 + k))
     counts = np.array(list(tally.changes.values()), np.int64)
     return _Arrays(confusion, rows, counts)
 
@@ -137,12 +163,12 @@ def class_iou_of(confusion: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / union, np.nan)
 
 
-def _moved(arrays: _Arrays, candidate: int, target: int, num_classes: int) -> np.ndarray:
-    """(C, C) gt x baseline pixels that ``candidate`` moves into class ``target``."""
+def _moved(arrays: _Arrays, candidate: int, target: int) -> np.ndarray:
+    """(C, C) gt x baseline pixels that ``candidate`` moves into class index ``target``."""
     rows, counts = arrays.rows, arrays.counts
     new = rows[:, 2 + candidate]
     sel = (new == target) & (rows[:, 1] != target)
-    moved = np.zeros((num_classes, num_classes), np.int64)
+    moved = np.zeros_like(arrays.confusion)
     np.add.at(moved, (rows[sel, 0], rows[sel, 1]), counts[sel])
     return moved
 
@@ -153,19 +179,17 @@ def _apply(confusion: np.ndarray, moved: np.ndarray, target: int) -> np.ndarray:
     return out
 
 
-def gain_table(tally: FusionTally, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per (candidate, class): the summed-mIoU gain of applying only that candidate's changes into that class,
-    the class's own IoU gain, and the number of pixels moved. Three (K, C) arrays."""
-    arrays = _arrays(tally, num_classes)
-    k = len(tally.candidates)
+def gain_table(tally: FusionTally, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (candidate, class index of ``ids``): the summed-mIoU gain of applying only that candidate's changes
+    into that class, the class's own IoU gain, and the number of pixels moved. Three (K, C) arrays."""
+    arrays = _arrays(tally, ids)
+    k, n = len(tally.candidates), ids.size
     base_miou, base_iou = miou_of(arrays.confusion), class_iou_of(arrays.confusion)
-    gain = np.zeros((k, num_classes))
-    class_gain = np.zeros((k, num_classes))
-    support = np.zeros((k, num_classes), np.int64)
+    gain, class_gain = np.zeros((k, n)), np.zeros((k, n))
+    support = np.zeros((k, n), np.int64)
     for cand in range(k):
-        targets = np.unique(arrays.rows[:, 2 + cand]) if arrays.rows.size else []
-        for c in targets:
-            moved = _moved(arrays, cand, int(c), num_classes)
+        for c in np.unique(arrays.rows[:, 2 + cand]) if arrays.rows.size else []:
+            moved = _moved(arrays, cand, int(c))
             if not moved.any():
                 continue
             fused = _apply(arrays.confusion, moved, int(c))
@@ -186,14 +210,17 @@ def fused_classes(rows: np.ndarray, choice: Mapping[int, int], priority: Sequenc
 
 
 def fused_confusion(
-    tally: FusionTally, num_classes: int, choice: Mapping[int, int], priority: Sequence[int]
+    tally: FusionTally, ids: np.ndarray, choice: Mapping[int, int], priority: Sequence[int]
 ) -> np.ndarray:
-    """The exact (C, C) gt x fused confusion of a split under ``choice``."""
-    arrays = _arrays(tally, num_classes)
+    """The exact gt x fused confusion of a split (over ``ids``' compact indices) under ``choice`` (class id ->
+    candidate index), classes painted in ``priority`` order."""
+    arrays = _arrays(tally, ids)
     out = arrays.confusion.copy()
     if not arrays.rows.size or not choice:
         return out
-    fused = fused_classes(arrays.rows, choice, priority)
+    index = {int(c): int(i) for i, c in enumerate(ids)}
+    compact = {index[c]: k for c, k in choice.items()}
+    fused = fused_classes(arrays.rows, compact, [index[c] for c in priority])
     np.add.at(out, (arrays.rows[:, 0], arrays.rows[:, 1]), -arrays.counts)
     np.add.at(out, (arrays.rows[:, 0], fused), arrays.counts)
     return out
@@ -243,14 +270,6 @@ class FusionCalibration:
         return sorted({name.split("@")[0] for name in self.choice.values()})
 
 
-def _num_classes(*tallies: FusionTally) -> int:
-    high = 0
-    for tally in tallies:
-        for key in list(tally.confusion) + list(tally.changes):
-            high = max(high, *key)
-    return high + 1
-
-
 def _best(gain: np.ndarray, support: np.ndarray, c: int) -> int:
     """The candidate with the highest gain among those that change pixels into class ``c``."""
     return int(np.argmax(np.where(support[:, c] > 0, gain[:, c], -np.inf)))
@@ -292,41 +311,47 @@ def calibrate(
     if calibration.candidates != held_out.candidates:
         raise ValueError("the two tallies were made with different candidates")
     names = dict(class_names or {})
-    num = _num_classes(calibration, held_out)
-    gain, class_gain, support = gain_table(calibration, num)
-    held_gain, _, _ = gain_table(held_out, num)
-    choice, reasons = _decide(gain, support, held_gain, min_support)
-    base_held = miou_of(_arrays(held_out, num).confusion)
+    ids = class_ids_of(calibration, held_out)
+    gain, class_gain, support = gain_table(calibration, ids)
+    held_gain, _, _ = gain_table(held_out, ids)
+    picked, reasons = _decide(gain, support, held_gain, min_support)  # by class index
+    choice = {int(ids[c]): k for c, k in picked.items()}
+    index = {int(c): i for i, c in enumerate(ids)}
+
+    def by_gain(c: int) -> float:
+        return gain[choice[c], index[c]]
+
+    base_held = miou_of(_arrays(held_out, ids).confusion)
     while choice:  # the classes' changes interact: check the fusion as a whole on the held-out split
-        priority = sorted(choice, key=lambda c: gain[choice[c], c])
-        if not miou_of(fused_confusion(held_out, num, choice, priority)) < base_held - 1e-12:
+        priority = sorted(choice, key=by_gain)
+        if not miou_of(fused_confusion(held_out, ids, choice, priority)) < base_held - 1e-12:
             break
-        worst = min(choice, key=lambda c: held_gain[choice[c], c])
-        reasons[worst] = "fusion lost on held-out"
+        worst = min(choice, key=lambda c: held_gain[choice[c], index[c]])
+        reasons[index[worst]] = "fusion lost on held-out"
         del choice[worst]
-    priority = sorted(choice, key=lambda c: gain[choice[c], c])
+    priority = sorted(choice, key=by_gain)
     table = []
-    for c in sorted(set(choice) | set(reasons)):
-        best = _best(gain, support, c)
+    for i in sorted({index[c] for c in choice} | set(reasons)):
+        best, c = _best(gain, support, i), int(ids[i])
         table.append({
             "class_id": c, "class": names.get(c, str(c)),
             "method": calibration.candidates[choice[c]] if c in choice else BASELINE,
-            "reason": reasons.get(c, ""), "gain": float(gain[best, c]), "held_out_gain": float(held_gain[best, c]),
-            "class_iou_gain": float(class_gain[best, c]), "support": int(support[best, c]),
+            "reason": reasons.get(i, ""), "gain": float(gain[best, i]), "held_out_gain": float(held_gain[best, i]),
+            "class_iou_gain": float(class_gain[best, i]), "support": int(support[best, i]),
             "best_candidate": calibration.candidates[best],
         })  # fmt: skip
-    scores = _scores(calibration, held_out, num, choice, priority)
+    scores = _scores(calibration, held_out, ids, choice, priority)
     named = {c: calibration.candidates[k] for c, k in choice.items()}
     return FusionCalibration(list(calibration.candidates), named, priority, table, scores)
 
 
-def _scores(calibration, held_out, num, choice, priority) -> dict[str, Any]:
+def _scores(calibration, held_out, ids, choice, priority) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for split, tally in (("calibration", calibration), ("held_out", held_out)):
         out[split] = {
             "images": tally.images,
-            "baseline_miou": miou_of(_arrays(tally, num).confusion),
-            "fused_miou": miou_of(fused_confusion(tally, num, choice, priority)),
+            "baseline_miou": miou_of(_arrays(tally, ids).confusion),
+            "fused_miou": miou_of(fused_confusion(tally, ids, choice, priority)),
         }
     return out
 

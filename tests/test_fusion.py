@@ -99,7 +99,7 @@ def test_fused_confusion_from_the_tally_equals_the_confusion_of_the_fused_maps()
     check = FusionTally(cal.candidates)
     for gt, baseline, maps in cases[1:3]:
         check.add(gt, baseline, [maps[k] for k in cal.candidates])
-    assert np.array_equal(fused_confusion(check, 3, choice, result.priority), expected)
+    assert np.array_equal(fused_confusion(check, np.arange(3), choice, result.priority), expected)
 
 
 def test_fuse_changes_only_into_the_chosen_classes():
@@ -281,3 +281,14 @@ def test_the_calibration_form_starts_with_what_works_on_this_machine(study_datas
     monkeypatch.setenv("SAMSEG_SAM_CHECKPOINT", str(checkpoint))
     form = _calibration_form(dataset)
     assert list(form["methods"].default) == ["refine", "vote"] and "methods_note" not in form
+
+
+def test_a_stray_large_id_is_tallied_exactly_without_a_huge_histogram():
+    gt = np.array([[1, 1, 65535], [2, 2, 2]])
+    baseline = np.array([[1, 0, 65535], [2, 2, 1]])
+    tally = FusionTally(["k"])
+    tally.add(gt, baseline, [gt], ignore_index=None)
+    assert tally.confusion == {(1, 1): 1, (1, 0): 1, (65535, 65535): 1, (2, 2): 2, (2, 1): 1}
+    assert sum(tally.changes.values()) == 2
+    result = calibrate(tally, FusionTally(["k"]), min_support=1)  # class ids 0, 1, 2 and 65535: four indices
+    assert set(result.choice) <= {0, 1, 2, 65535} and result.scores["calibration"]["fused_miou"] == 1.0
