@@ -155,7 +155,7 @@ def _add_choice(
     for value in values:
         dropdown.add_choice(value, label=str(value) if value != "" else "(none)")
     if option.kind == "choices":
-        default_list = list(option.default or ()) if default is None else default
+        default_list = list(option.default or () if default is None else default)
         inputs.list(option.name, types.String(), default=default_list, view=dropdown, **common)
     else:
         inputs.enum(

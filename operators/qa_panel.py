@@ -1,5 +1,7 @@
-"""The samseg QA panel: mIoU per field before/after, failure counts, per-class IoU chart, worst samples, and
-buttons that open the relabel queues' saved views. All data comes from :func:`samseg_core.stages.qa_summary.qa_summary`.
+"""The samseg QA panel: mIoU per field before/after, failure counts, per-class IoU chart, worst samples,
+buttons that open the relabel queues' saved views, and samseg's background runs on the dataset with their state.
+The QA data comes from :func:`samseg_core.stages.qa_summary.qa_summary`, the runs from
+:func:`operators.background_runs.list_background_runs`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,21 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, queue_buttons, summary_markdown
+
+from .background_runs import (
+    WORKER_HOWTO,
+    finished_since,
+    list_background_runs,
+    pending_line,
+    waiting_for_a_worker,
+)
+
+_RUN_COLUMNS = (
+    ("run", "Background run"),
+    ("state", "State"),
+    ("queued", "Queued (UTC)"),
+    ("details", "Details"),
+)
 
 
 def _event_param(ctx: Any, name: str) -> Any:
@@ -52,6 +69,7 @@ class QAPanel(foo.Panel):
             for w in summary["worst"]
         ]
         state.views = queue_buttons(ctx.view, summary)
+        state.background_runs = list_background_runs(ctx.dataset.name)
         ctx.panel.data.per_class = per_class_bar_traces(summary)
 
     def on_load(self, ctx: Any) -> None:
@@ -61,7 +79,10 @@ class QAPanel(foo.Panel):
         self._refresh(ctx)
 
     def refresh(self, ctx: Any) -> None:
+        before = ctx.panel.state.background_runs or []
         self._refresh(ctx, ctx.panel.state.eval_key)
+        if finished_since(before, ctx.panel.state.background_runs or []):
+            ctx.ops.reload_dataset()  # a background run wrote fields: show them
 
     def select_evaluation(self, ctx: Any) -> None:
         self._refresh(ctx, _event_param(ctx, "value"))
@@ -86,6 +107,10 @@ class QAPanel(foo.Panel):
     def render(self, ctx: Any) -> types.Property:
         panel = types.Object()
         state = ctx.panel.state
+        runs = state.background_runs or []
+        pending = pending_line(runs)
+        if pending:
+            panel.md(pending, name="background_pending")
         panel.str("summary_md", view=types.MarkdownView())
         keys = state.eval_keys or []
         if keys:
@@ -120,8 +145,23 @@ class QAPanel(foo.Panel):
                 params={"view": button["view"]},
                 variant="contained",
             )
+        _render_background_runs(panel, runs)
         panel.btn("refresh", label="Refresh", on_click=self.refresh, icon="refresh")
         return types.Property(panel, view=types.GridView(orientation="vertical", gap=2, padding=1))
+
+
+def _render_background_runs(panel: types.Object, runs: list[dict[str, Any]]) -> None:
+    """The table of samseg's background runs on the dataset (none: nothing), and how to start a worker while
+    some wait for one."""
+    if not runs:
+        return
+    panel.md("**Background runs** (newest first)", name="background_heading")
+    table = types.TableView()
+    for key, label in _RUN_COLUMNS:
+        table.add_column(key, label=label)
+    panel.list("background_runs", types.Object(), view=table)
+    if waiting_for_a_worker(runs):
+        panel.md(WORKER_HOWTO, name="background_howto")
 
 
 PANELS = [QAPanel]

@@ -172,7 +172,7 @@ class ShardRun(foo.Operator):
         stage_form = _stage_form(ctx, ctx.params.get("stage") or choices[0])
         for name, prop in (getattr(stage_form, "properties", None) or {}).items():
             if name not in _OWN_PARAMS:
-                inputs.define_property(name, prop)
+                inputs.add_property(name, prop)  # a Property: define_property would wrap it as a type
         return types.Property(inputs, view=types.View(label="samseg: run a stage on N workers"))
 
     def execute(self, ctx: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from samseg_core.errors import StageParameterError
+from samseg_core.stages.options import OUTPUT, OUTPUT_RUN, QUEUE
 
 from . import forms
 
@@ -24,7 +25,8 @@ DELEGATE_ABOVE_SAMPLES = 25
 #: What the form says when a large view runs now because no orchestrator can take it.
 BACKGROUND_HOWTO = (
     "To queue long runs in the background instead, start the App with FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true "
-    "and run a worker with `fiftyone delegated launch`; `fiftyone delegated list` shows queued runs."
+    "and run a worker with `fiftyone delegated launch`; the samseg QA panel (Background runs) and "
+    "`fiftyone delegated list` show queued runs."
 )
 
 
@@ -71,6 +73,16 @@ class StageOperator(foo.Operator):
         """``delegate`` given by ``__call__`` decides; otherwise the request does (the App's choice)."""
         delegate = ctx.params.get("delegate")
         return None if delegate is None else bool(delegate)
+
+    def resolve_run_name(self, ctx: Any) -> str:
+        """The name a background run is listed under (QA panel, ``fiftyone delegated list``): the operator's
+        label, the output it writes and the number of samples."""
+        name = f"samseg: {self.SPEC.label}"
+        output = _primary_output(self.SPEC, ctx.params)
+        view = _target_view(ctx)
+        details = [f"→ {output}"] if output else []
+        details += [f"{len(view)} samples"] if view is not None else []
+        return f"{name} ({', '.join(details)})" if details else name
 
     def resolve_execution_options(self, ctx: Any) -> foo.ExecutionOptions:
         """Running now is always offered; a background run only where an orchestrator can take it, and then it
@@ -148,13 +160,24 @@ def _explain_execution(inputs: types.Object, view: Any) -> None:
     if background_runs_enabled():
         text = (
             f"{count} samples. Background runs are enabled: choose Schedule to queue this run for a "
-            "`fiftyone delegated launch` worker (`fiftyone delegated list` shows it), or Execute to run it now."
+            "`fiftyone delegated launch` worker, or Execute to run it now. A scheduled run is listed with its "
+            "state (queued, running, completed, failed) under Background runs in the samseg QA panel, and by "
+            "`fiftyone delegated list`."
         )
     elif count > DELEGATE_ABOVE_SAMPLES:
         text = f"{count} samples: Execute runs them now, with progress shown here. " + BACKGROUND_HOWTO
     else:
         return
     inputs.view("execution_note", types.Notice(label=text))
+
+
+def _primary_output(spec: Any, params: Any) -> str | None:
+    """The field, run key or queue name a run of ``spec`` with form ``params`` writes first (None: unknown)."""
+    for option in forms.form_options(spec):
+        if option.role in (OUTPUT, OUTPUT_RUN, QUEUE):
+            value = params.get(option.name) or option.default
+            return value if isinstance(value, str) and value else None
+    return None
 
 
 def _target_view(ctx: Any) -> Any:

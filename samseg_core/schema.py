@@ -3,7 +3,7 @@
 A field samseg creates carries ``field.info["samseg"]`` = ``{"stage": ..., "owner": ...}``, where ``owner`` is the
 primary output field (or run key) of the run that created it. That record is how samseg tells its own fields
 (which a resumed run may complete) from a user's fields of the same name (which it never replaces without
-``overwrite=True``).
+``overwrite=True``). The fields samseg creates are listed in the App's sidebar under a "samseg" group.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from samseg_core.label_types import DETECTIONS, DICT, FLOAT, HEATMAP, INT, SEGME
 _LABEL_CLASSES = {SEGMENTATION: fo.Segmentation, DETECTIONS: fo.Detections, HEATMAP: fo.Heatmap}
 _PRIMITIVE_FIELDS = {FLOAT: fo.FloatField, INT: fo.IntField, STRING: fo.StringField, DICT: fo.DictField}
 INFO_KEY = "samseg"
+#: The App sidebar group that lists the fields samseg creates.
+SIDEBAR_GROUP = "samseg"
 
 #: Sample fields FiftyOne itself manages; no stage may write them.
 RESERVED_FIELDS = frozenset(
@@ -82,6 +84,77 @@ def declare_field(dataset: Any, name: str, label_type: str, *, stage: str, owner
         )
     else:
         dataset.add_sample_field(name, _PRIMITIVE_FIELDS[label_type], info=info)
+    add_to_sidebar_group(dataset, [name])
+
+
+def add_to_sidebar_group(dataset: Any, names: list[str]) -> None:
+    """Lists ``names`` in the App's "samseg" sidebar group (:data:`SIDEBAR_GROUP`), created after "labels".
+
+    Updated in the database key by key, never by saving a stale in-memory app config: with no
+    ``app_config.sidebar_groups`` yet, FiftyOne's default groups are stored with these names moved into the samseg
+    group (as FiftyOne places its own evaluation fields); otherwise only the samseg group changes (created when
+    missing, without moving any other group), and a name the user already placed in a group of their own stays
+    where it is.
+    """
+    from samseg_core.mask_targets import _collection
+
+    names = list(dict.fromkeys(names))
+    if not names:
+        return
+    collection = _collection(dataset)
+    groups = _stored_groups(collection, dataset)
+    if groups is None and _store_default_groups(collection, dataset, names):
+        dataset.reload()
+        return
+    if groups is None:  # another process stored them meanwhile
+        groups = _stored_groups(collection, dataset) or []
+    placed = {path for group in groups for path in group.get("paths") or ()}
+    new = [name for name in names if name not in placed]
+    if new and not _insert_group(collection, dataset, groups, new):
+        collection.update_one(
+            {"_id": dataset._doc.id},
+            {"$addToSet": {"app_config.sidebar_groups.$[group].paths": {"$each": new}}},
+            array_filters=[{"group.name": SIDEBAR_GROUP}],
+        )
+    dataset.reload()
+
+
+def _stored_groups(collection: Any, dataset: Any) -> list[dict] | None:
+    """The dataset's sidebar groups as stored in the database now (None: the App's defaults)."""
+    doc = collection.find_one({"_id": dataset._doc.id}, {"app_config.sidebar_groups": 1}) or {}
+    return (doc.get("app_config") or {}).get("sidebar_groups")
+
+
+def _store_default_groups(collection: Any, dataset: Any, names: list[str]) -> bool:
+    """Stores FiftyOne's default sidebar groups plus the samseg group holding ``names``, if the dataset has no
+    sidebar groups yet; returns whether it did."""
+    groups = []
+    for group in fo.DatasetAppConfig.default_sidebar_groups(dataset):
+        group.paths = [path for path in group.paths if path not in names]
+        groups.append(group.to_dict())
+    groups.insert(_after_labels(groups), fo.SidebarGroupDocument(name=SIDEBAR_GROUP, paths=names).to_dict())
+    stored = collection.update_one(
+        {"_id": dataset._doc.id, "app_config.sidebar_groups": None},
+        {"$set": {"app_config.sidebar_groups": groups}},
+    )
+    return bool(stored.modified_count)
+
+
+def _insert_group(collection: Any, dataset: Any, groups: list[dict], names: list[str]) -> bool:
+    """Adds the samseg group holding ``names`` after "labels" (the other groups keep their order), unless a
+    samseg group exists already; returns whether it did."""
+    group = fo.SidebarGroupDocument(name=SIDEBAR_GROUP, paths=names).to_dict()
+    inserted = collection.update_one(
+        {"_id": dataset._doc.id, "app_config.sidebar_groups.name": {"$ne": SIDEBAR_GROUP}},
+        {"$push": {"app_config.sidebar_groups": {"$each": [group], "$position": _after_labels(groups)}}},
+    )
+    return bool(inserted.modified_count)
+
+
+def _after_labels(groups: list[dict]) -> int:
+    """The position just after the "labels" group (the end when there is none)."""
+    names = [group.get("name") for group in groups]
+    return names.index("labels") + 1 if "labels" in names else len(names)
 
 
 def hide_in_app_by_default(dataset: Any, names: list[str]) -> None:

@@ -1,4 +1,11 @@
-"""Real-browser test: the FiftyOne App (server on loopback) driven by headless Chromium through Playwright.
+"""Real-browser session test: the FiftyOne App (server on loopback) driven by headless Chromium through Playwright.
+
+Every samseg operator is opened from the operator browser (backtick, search "samseg"), filled in as a user
+would (typing into inputs, picking dropdown values; tiny random models saved locally where a model is needed),
+executed, and its run summary and new fields checked without reloading the page. Then: an inline form error, a
+run scheduled in the background and followed in the QA panel, and a QA session on a 30-sample dataset in a
+stock App (evaluate, failure modes, relabel queue, the panel's worst-sample rows and queue buttons).
+Screenshots are saved in each test's ``tmp_path``.
 
 Run alone: ``source scripts/env.sh && python -m pytest -q -m browser tests/test_app_browser.py``. Needs
 Debian's ``chromium`` (``bash scripts/install_browser.sh``); skipped without it unless ``CI=true``.
@@ -6,8 +13,9 @@ Debian's ``chromium`` (``bash scripts/install_browser.sh``); skipped without it 
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +23,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +42,11 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOT_COPY = Path("/tmp/samseg_app_screenshot.png")
-PANEL_SCREENSHOT_COPY = Path("/tmp/samseg_app_qa_panel.png")
 TIMEOUT_MS = 90_000
-SAMSEG_OPERATOR_LABELS = (
-    "samseg: evaluate IoU",
-    "samseg: detect failure modes",
-    "samseg: build relabel queue",
-)
+SCENE_SIZE = (96, 96)  # the smallest synthetic scene
+SAMSEG_GROUP = "SAMSEG"  # the sidebar group samseg's fields are listed in, as the App names it
+
+# ------------------------------------------------------------------------------------- servers and browser
 
 
 def _require_chromium() -> None:
@@ -70,47 +77,21 @@ def _wait_http(url: str, timeout: float, process: subprocess.Popen, log: Path) -
     raise TimeoutError(f"App server not answering at {url} after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def app_dataset(tmp_path_factory):
-    """A persistent dataset (the App server is another process) of 2 images with ground truth and baseline."""
-    import fiftyone as fo
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("app-images")
-    gt = np.zeros((60, 80), np.uint8)
-    gt[10:30, 10:30] = 1
-    gt[30:50, 40:70] = 2
-    baseline = gt.copy()
-    baseline[10:20, 10:30] = 0  # half of the cat missed
-    dataset = fo.Dataset(f"samseg-browser-{uuid.uuid4().hex[:8]}", persistent=True)
-    samples = []
-    for i in range(2):
-        path = folder / f"img{i}.png"
-        Image.fromarray(np.stack([gt * 90 + 30 + 10 * i] * 3, axis=-1).astype(np.uint8)).save(path)
-        samples.append(
-            fo.Sample(
-                filepath=str(path),
-                ground_truth=fo.Segmentation(mask=gt),
-                baseline=fo.Segmentation(mask=baseline),
-            )
-        )
-    dataset.add_samples(samples)
-    dataset.mask_targets = {"ground_truth": {0: "background", 1: "cat", 2: "dog"}}
-    dataset.save()
-    yield dataset
-    if fo.dataset_exists(dataset.name):
-        fo.delete_dataset(dataset.name)
-
-
-@pytest.fixture(scope="module")
-def app_url(tmp_path_factory, app_dataset):
-    """The App server on a free loopback port, sharing this process's database and plugins dir."""
+@contextlib.contextmanager
+def _app_server(log_dir: Path, *, background_runs: bool) -> Iterator[str]:
+    """The App server on a free loopback port, on this session's database and plugins dir; with
+    ``background_runs`` it can queue delegated runs (``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS``), else it is a
+    stock App."""
+    env = os.environ.copy()
+    env.pop("FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS", None)
+    if background_runs:
+        env["FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS"] = "true"
     port = _free_port()
-    log = tmp_path_factory.mktemp("app-server") / "server.log"
+    log = log_dir / "server.log"
     with open(log, "wb") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "fiftyone.server.main", "--port", str(port), "--address", "127.0.0.1"],
-            env=os.environ.copy(),
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -120,6 +101,20 @@ def app_url(tmp_path_factory, app_dataset):
     finally:
         os.kill(server.pid, signal.SIGKILL)  # the server ignores SIGTERM
         server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, small):
+    """A stock App (no background runs)."""
+    with _app_server(tmp_path_factory.mktemp("app-server"), background_runs=False) as url:
+        yield url
+
+
+@pytest.fixture
+def background_app_url(tmp_path_factory, small):
+    """An App that can schedule background runs (started only for the test that needs it)."""
+    with _app_server(tmp_path_factory.mktemp("app-server-bg"), background_runs=True) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -143,21 +138,90 @@ def page(browser):
     context.close()
 
 
-def _open_dataset(page, app_url: str, dataset, query: str = "") -> None:
-    """Loads the dataset page; reloads once when the first load stalls on "Pixelating..."."""
-    page.goto(f"{app_url}/datasets/{dataset.name}{query}", wait_until="domcontentloaded")
-    samples_count = page.get_by_text(f"{len(dataset)} samples")
-    try:
-        samples_count.wait_for(timeout=30_000)
-    except Exception:
-        page.reload(wait_until="domcontentloaded")
-        samples_count.wait_for()
-    dismiss = page.get_by_text("Dismiss", exact=True)
-    if dismiss.count():
-        dismiss.first.click()
+# ------------------------------------------------------------------------------------- datasets and models
+
+
+def _scene_dataset(name: str, folder: Path, num_samples: int):
+    """A persistent dataset (the App server is another process) of synthetic scenes with ``ground_truth``,
+    ``baseline`` (a coarse "own model" prediction that misses objects in some samples) and ``coarse`` (another
+    model's prediction)."""
+    import fiftyone as fo
+
+    from samseg_core.mask_targets import merge_mask_targets
+    from samseg_core.testing import degrade_prediction, make_scenes, write_scene_images
+
+    scenes = make_scenes(num_samples, seed=0, size=SCENE_SIZE)
+    dataset = fo.Dataset(f"{name}-{uuid.uuid4().hex[:8]}", persistent=True)
+    dataset.add_samples(
+        fo.Sample(
+            filepath=str(path),
+            ground_truth=fo.Segmentation(mask=scene.semantic.astype(np.uint8)),
+            baseline=fo.Segmentation(
+                mask=degrade_prediction(scene, seed=i, missing_instances=i % 3).astype(np.uint8)
+            ),
+            coarse=fo.Segmentation(
+                mask=degrade_prediction(scene, seed=100 + i, blur_radius=2).astype(np.uint8)
+            ),
+        )
+        for i, (scene, path) in enumerate(zip(scenes, write_scene_images(scenes, folder)))
+    )
+    for field in ("ground_truth", "baseline", "coarse"):
+        merge_mask_targets(dataset, field, scenes[0].class_names)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """3 samples, with an IoU run, a failure run (what the relabel queue ranks by) and a fusion calibration (what
+    apply_fusion applies) made from Python."""
+    import fiftyone as fo
+
+    from samseg_core.stages.evaluation import evaluate_iou
+    from samseg_core.stages.failure_modes import detect_failures
+    from samseg_core.stages.fusion import calibrate_fusion
+
+    dataset = _scene_dataset("samseg-browser", tmp_path_factory.mktemp("small"), 3)
+    evaluate_iou(dataset, "baseline", "ground_truth", eval_key="setup_iou")
+    detect_failures(dataset, "baseline", "ground_truth", eval_key="setup_failures")
+    calibrate_fusion(
+        dataset, eval_key="setup_fusion", methods=("vote",), masks="slic", min_support=1, device="cpu"
+    )
+    yield dataset
+    if fo.dataset_exists(dataset.name):
+        fo.delete_dataset(dataset.name)
+
+
+@pytest.fixture(scope="module")
+def thirty(tmp_path_factory):
+    """30 samples, nothing computed yet: a QA session starts here."""
+    import fiftyone as fo
+
+    dataset = _scene_dataset("samseg-browser-30", tmp_path_factory.mktemp("thirty"), 30)
+    yield dataset
+    if fo.dataset_exists(dataset.name):
+        fo.delete_dataset(dataset.name)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    """Tiny random-init models of the real architectures, saved where a user would keep their own: a
+    SegFormer, a transformers SAM, an open_clip CLIP and a CLIPSeg (directories typed into the forms)."""
+    from samseg_core.testing import save_tiny_segformer
+    from samseg_core.testing import tiny_engine_models as tiny
+    from samseg_core.testing.scenes import class_names_for
+    from samseg_core.testing.tiny_sam_family import save_tiny_transformers_sam
+
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "segformer": str(save_tiny_segformer(root / "segformer", class_names_for(6))),
+        "sam": str(save_tiny_transformers_sam(root / "sam")),
+        "clip": str(tiny.save_tiny_clip(root / "clip")),
+        "clipseg": str(tiny.save_tiny_clipseg(root / "clipseg")),
+    }
 
 
 def _poll_dataset(dataset, field: str, timeout: float = 60.0) -> list:
+    """The values of ``field`` once every sample has one (the App writes from another process)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         dataset.reload()
@@ -167,68 +231,474 @@ def _poll_dataset(dataset, field: str, timeout: float = 60.0) -> list:
     raise AssertionError(f"field '{field}' did not appear in the database within {timeout}s")
 
 
-def _save_screenshot(page, path: Path, copy_to: Path) -> None:
-    page.screenshot(path=str(path))
-    shutil.copyfile(path, copy_to)
+@contextlib.contextmanager
+def _delegated_worker(log_dir: Path) -> Iterator[None]:
+    """A ``fiftyone delegated launch`` worker on this session's database, as the README tells a user to start."""
+    env = {**os.environ, "FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS": "true"}
+    with open(log_dir / "worker.log", "wb") as out:
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "fiftyone"), "delegated", "launch"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield
+    finally:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
 
 
-def _expected_miou(dataset) -> list[float]:
-    from samseg_core.metrics import segmentation_scores
+# ------------------------------------------------------------------------------------- driving the App
 
-    return [segmentation_scores(sample.ground_truth.mask, sample.baseline.mask, 3).miou for sample in dataset]
+# The sidebar group a field's entry is listed under (entries are ordered by their position on screen).
+_SIDEBAR_GROUP_OF = """(path) => {
+  const entries = [...document.querySelectorAll(
+      '[data-cy^="sidebar-group-entry-"], [data-cy^="sidebar-field-container-"]')]
+    .filter((e) => !e.closest('#modal'))
+    .map((e) => [e.getBoundingClientRect().top, e.getAttribute('data-cy')])
+    .sort((a, b) => a[0] - b[0]);
+  let group = null;
+  for (const [, cy] of entries) {
+    if (cy.startsWith('sidebar-group-entry-')) group = cy.slice('sidebar-group-entry-'.length);
+    else if (cy === 'sidebar-field-container-' + path) return group;
+  }
+  return null;
+}"""
 
 
-def _inline_error_blocks_execute(page, good: str, bad: str, message: str) -> None:
-    """Types ``bad`` into the form input holding ``good``: resolve_input marks it invalid with ``message`` and
-    Execute is disabled; typing ``good`` back clears the error."""
-    page.locator(f"input[value='{good}']").first.wait_for()
-    index = page.locator("input").evaluate_all(f"els => els.findIndex(e => e.value === '{good}')")
-    box = page.locator("input").nth(index)  # by position: the value attribute changes as we type
-    box.fill(bad)
-    page.get_by_text(message, exact=False).first.wait_for()
-    assert page.get_by_role("button", name="Execute").is_disabled()
-    box.fill(good)
-    page.get_by_text(message, exact=False).first.wait_for(state="hidden")
+def _open_dataset(page, app_url: str, dataset) -> None:
+    """Loads the dataset page (once more when the first load stalls on "Pixelating..."), with no sample
+    modal left open by an earlier test and the App's promotion popover dismissed."""
+    page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="domcontentloaded")
+    samples_count = page.get_by_text(f"{len(dataset)} samples")
+    try:
+        samples_count.wait_for(timeout=30_000)
+    except Exception:
+        page.reload(wait_until="domcontentloaded")
+        samples_count.wait_for()
+    if page.locator("#modal.modalon").count():
+        _close_modal(page)
+    with contextlib.suppress(Exception):
+        page.get_by_text("Dismiss", exact=True).first.click(timeout=3_000)
 
 
-def test_operator_browser_lists_samseg_and_runs_evaluation_from_its_form(
-    page, app_url, app_dataset, tmp_path
-):
-    _open_dataset(page, app_url, app_dataset)
-    page.locator("body").click(position={"x": 1000, "y": 700})
+def _close_modal(page) -> None:
+    page.mouse.click(5, 500)  # the backdrop beside the sample
+    page.locator("#modal.modalon").wait_for(state="detached")
+
+
+def _open_operator(page, label: str) -> None:
+    """Opens an operator's form from the operator browser: backtick, search "samseg", click its label; fails
+    with the App's message when the form cannot be shown."""
+    page.get_by_text(re.compile(r"^\d+ samples?$")).first.click()  # focus outside inputs and the grid
     page.keyboard.press("`")
-    search = page.get_by_placeholder("Search operations by name...")
-    search.fill("samseg")
-    for label in SAMSEG_OPERATOR_LABELS:
-        page.get_by_text(label, exact=True).wait_for()
+    page.get_by_placeholder("Search operations by name...").fill("samseg")
+    page.get_by_text(label, exact=True).click()
+    error = page.get_by_text("Error occurred during operator execution")
+    page.locator("[role=dialog] form").or_(error).first.wait_for()
+    if error.count():
+        pytest.fail(
+            f"the App cannot show the form of '{label}': {page.locator('[role=dialog]').inner_text()}"
+        )
 
-    page.get_by_text("samseg: evaluate IoU", exact=True).click()
-    page.get_by_text("Ground truth", exact=True).first.wait_for()
-    _inline_error_blocks_execute(page, "samseg_iou", "bad key", "is not a valid run key")
-    page.get_by_role("button", name="Execute").click()
 
-    mious = _poll_dataset(app_dataset, "samseg_iou_miou")
-    page.get_by_text("Processed:").first.wait_for()  # the run summary (resolve_output)
-    page.get_by_text("eval_key").first.wait_for()  # its results table (a code block of key  value lines)
+def _form_field(page, label: str):
+    """The form row of the input labelled ``label`` (its label, help text and input)."""
+    rows = page.locator("[role=dialog] .MuiGrid-item").filter(has=page.get_by_text(label, exact=True))
+    return rows.last  # the innermost row holding the label
+
+
+def _type(page, label: str, value: str) -> None:
+    """Types ``value`` into a text or number input (replacing what is there) and leaves it."""
+    box = _form_field(page, label).locator("input").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def _pick(page, label: str, value: str) -> None:
+    """Picks ``value`` in a dropdown."""
+    _form_field(page, label).locator("[role=combobox], [role=button]").first.click()
+    page.get_by_role("option", name=value, exact=True).click()
+
+
+def _pick_more(page, label: str, values: list[str]) -> None:
+    """Adds ``values`` to a multiple-choice dropdown."""
+    for value in values:
+        _form_field(page, label).locator("input[role=combobox]").first.click()
+        page.get_by_role("option", name=value, exact=True).click()
+
+
+def _add_items(page, label: str, values: list[str]) -> None:
+    """Adds one item per value to a list input ("Add <label>", then type into the new item)."""
+    for value in values:
+        _form_field(page, label).get_by_role("button", name=f"Add {label[0].lower()}{label[1:]}").click()
+        item = _form_field(page, label).locator("input").last
+        item.fill(value)
+        item.press("Tab")
+
+
+def _execute(page) -> str:
+    """Clicks Execute and returns the run summary's text once it is shown."""
+    from playwright.sync_api import expect
+
+    execute = page.get_by_role("button", name="Execute")
+    time.sleep(0.5)  # the last input's resolve_input round trip starts
+    expect(execute).to_be_enabled()
+    execute.click()
+    page.get_by_text("Processed:").first.wait_for()
+    return page.locator("[role=dialog]").inner_text()
+
+
+def _close_summary(page) -> None:
     page.get_by_role("button", name="Close").click()
-    page.get_by_text("samseg_iou_miou", exact=True).first.wait_for()  # the App reloaded the new fields
-    _save_screenshot(page, tmp_path / "app_after_evaluate_iou.png", SCREENSHOT_COPY)
-    assert mious == pytest.approx(_expected_miou(app_dataset))
+    page.locator("[role=dialog]").wait_for(state="detached")
 
 
-def test_qa_panel_shows_evaluation_and_opens_queue_view(page, app_url, app_dataset, tmp_path):
-    from samseg_core.stages.curation import build_relabel_queue
-    from samseg_core.stages.evaluation import evaluate_iou
+def _wait_in_sidebar(page, field: str) -> None:
+    """Waits until ``field`` is listed in the sidebar (the App reloaded the dataset after the run).
 
-    evaluate_iou(app_dataset, "baseline", "ground_truth", eval_key="panel_iou")
-    build_relabel_queue(app_dataset, eval_key="panel_iou", name="panelq", max_samples=1)
-    _open_dataset(page, app_url, app_dataset)
+    Until the page is loaded again the App lists a new field in its default group (labels, primitives): it
+    keeps the sidebar groups it loaded with for as long as the dataset stays open.
+    """
+    page.wait_for_function(f"(path) => ({_SIDEBAR_GROUP_OF})(path) !== null", arg=field)
+
+
+def _sidebar_group(page, field: str) -> str | None:
+    return page.evaluate(_SIDEBAR_GROUP_OF, field)
+
+
+def _samseg_group_paths(dataset) -> list[str]:
+    dataset.reload()
+    groups = dataset.app_config.sidebar_groups or []
+    return next((list(g.paths) for g in groups if g.name == "samseg"), [])
+
+
+def _open_qa_panel(page) -> None:
     page.get_by_title("New panel").first.click()
     page.get_by_text("samseg QA", exact=True).first.click()
-    page.get_by_text("Worst samples", exact=True).wait_for()
-    page.get_by_text("panel_iou", exact=True).first.wait_for()
-    _save_screenshot(page, tmp_path / "app_qa_panel.png", PANEL_SCREENSHOT_COPY)
+    page.get_by_role("button", name="Refresh").wait_for()
 
-    page.get_by_role("button", name="Open 'panelq'").click()
-    page.wait_for_url("**view=panelq**")
-    page.get_by_text("1 sample", exact=True).wait_for()
+
+def _refresh_until(page, shown, timeout: float = 120.0) -> None:
+    """Clicks the QA panel's Refresh until ``shown`` is visible (a background run changes state meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        page.get_by_role("button", name="Refresh").click()
+        try:
+            shown.wait_for(timeout=2_000)
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+
+
+def _open_saved_views_menu(page) -> None:
+    page.get_by_text("Unsaved view", exact=True).first.click()
+
+
+def _save(page, tmp_path: Path, name: str) -> None:
+    page.screenshot(path=str(tmp_path / f"{name}.png"))
+
+
+# ------------------------------------------------------------------------------------- one plan per operator
+
+
+@dataclass(frozen=True)
+class FormPlan:
+    """How a user fills one operator's form, and what the run must write."""
+
+    label: str  # the operator's label in the operator browser
+    fill: Callable[..., None]  # fill(page, models)
+    fields: tuple[str, ...] = ()  # sample fields the run writes (each on every sample)
+    saved_views: tuple[str, ...] = ()  # saved views the run creates
+    summary: str = ""  # what its run summary must mention (default: the first field)
+
+    def mentions(self) -> str:
+        return self.summary or self.fields[0]
+
+
+def _fill_baseline(page, models) -> None:
+    _type(page, "Semantic segmenter", models["segformer"])
+    _type(page, "Output segmentation field", "ui_baseline")
+    _type(page, "Confidence heatmap field (optional)", "ui_baseline_conf")
+
+
+def _fill_refinement(page, models) -> None:
+    _type(page, "SAM model", models["sam"])
+    _pick(page, "Baseline field", "coarse")
+    _type(page, "Output segmentation field", "ui_refined")
+    _pick_more(page, "Prompt types", ["extreme_points"])
+    _pick(page, "Granularity", "region")
+
+
+def _fill_prompt_study(page, models) -> None:
+    _type(page, "SAM model", models["sam"])
+    _pick(page, "Baseline field", "coarse")
+    _type(page, "Output field prefix", "ui_study_")
+
+
+def _fill_voting(page, models) -> None:
+    _pick(page, "Mask source", "slic")
+    _type(page, "Output segmentation field", "ui_ssa")
+    _type(page, "Per-mask Detections field (optional)", "ui_ssa_masks")
+
+
+def _fill_engine(page, models) -> None:
+    _type(page, "Output detections field", "ui_engine")
+    _type(page, "Merged segmentation field (optional)", "ui_engine_seg")
+    _pick_more(page, "Close-set segmentation fields", ["baseline"])
+    _type(page, "CLIP model (optional)", models["clip"])
+    _type(page, "CLIPSeg model (optional)", models["clipseg"])
+    _add_items(page, "Fixed vocabulary", ["car", "person"])
+    _type(page, "Minimum mask area", "1")
+
+
+def _fill_evaluation(page, models) -> None:
+    _pick(page, "Prediction field", "baseline")
+    _pick_more(page, "Also compare", ["coarse"])
+    _type(page, "Evaluation key", "ui_iou")
+
+
+def _fill_agreement(page, models) -> None:
+    _pick(page, "Prediction field", "coarse")
+    _type(page, "Evaluation key", "ui_agree")
+
+
+def _fill_failures(page, models) -> None:
+    _pick(page, "Prediction field", "coarse")
+    _type(page, "Failure run key", "ui_failures")
+
+
+def _fill_calibration(page, models) -> None:
+    _pick(page, "Mask source", "slic")
+    _type(page, "Calibration key", "ui_fusion")
+    _type(page, "Minimum support (px)", "1")
+
+
+def _fill_apply_fusion(page, models) -> None:
+    _pick(page, "Calibration", "setup_fusion")
+    _pick(page, "Mask source", "slic")
+    _type(page, "Output segmentation field", "ui_fused")
+
+
+def _fill_queue(page, models) -> None:
+    _pick(page, "Rank by evaluation", "setup_iou")
+    _pick(page, "Failure run", "setup_failures")
+    _type(page, "Name", "ui_queue")
+    _type(page, "Max samples", "2")
+
+
+PLANS = {
+    "run_baseline": FormPlan(
+        "samseg: run baseline segmentation", _fill_baseline, ("ui_baseline", "ui_baseline_conf")
+    ),
+    "refine_with_sam": FormPlan("samseg: refine with SAM", _fill_refinement, ("ui_refined",)),
+    "prompt_study": FormPlan(
+        "samseg: prompt study",
+        _fill_prompt_study,
+        ("ui_study_box", "ui_study_points_box"),
+        summary="points_box",
+    ),
+    "semantic_voting": FormPlan("samseg: semantic voting (SSA)", _fill_voting, ("ui_ssa", "ui_ssa_masks")),
+    "open_vocab_labels": FormPlan(
+        "samseg: open-vocabulary labels (SSA-engine)", _fill_engine, ("ui_engine", "ui_engine_seg")
+    ),
+    "evaluate_iou": FormPlan(
+        "samseg: evaluate IoU", _fill_evaluation, ("ui_iou_miou", "ui_iou_boundary_iou")
+    ),
+    "agreement_iou": FormPlan(
+        "samseg: agreement without ground truth", _fill_agreement, ("ui_agree_miou", "ui_agree_disagreement")
+    ),
+    "detect_failures": FormPlan(
+        "samseg: detect failure modes", _fill_failures, ("ui_failures", "ui_failures_missing")
+    ),
+    "build_relabel_queue": FormPlan(
+        "samseg: build relabel queue",
+        _fill_queue,
+        saved_views=("ui_queue", "ui_queue-missing"),
+        summary="ui_queue",
+    ),
+    "calibrate_fusion": FormPlan("samseg: calibrate fusion", _fill_calibration, ("ui_fusion_split",)),
+    "apply_fusion": FormPlan("samseg: apply fusion", _fill_apply_fusion, ("ui_fused",)),
+}
+
+
+def test_every_stage_operator_has_a_form_plan_here():
+    from samseg_core.stages.registry import stage_specs
+
+    missing = [spec.name for spec in stage_specs() if spec.name not in PLANS]
+    assert not missing, f"add a FormPlan to PLANS for {missing}"
+    assert all(PLANS[spec.name].label == f"samseg: {spec.label}" for spec in stage_specs())
+
+
+# ------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("stage", list(PLANS))
+def test_an_operator_runs_from_its_form_and_its_results_appear_without_a_reload(
+    stage, page, app_url, small, models, tmp_path
+):
+    plan = PLANS[stage]
+    _open_dataset(page, app_url, small)
+    _open_operator(page, plan.label)
+    plan.fill(page, models)
+    _save(page, tmp_path, f"{stage}_form")
+
+    summary = _execute(page)
+
+    assert re.search(r"Failed:\s*0\b", summary), summary
+    assert plan.mentions() in summary, summary
+    _save(page, tmp_path, f"{stage}_summary")
+    _close_summary(page)
+    for field in plan.fields:
+        _wait_in_sidebar(page, field)
+        assert _poll_dataset(small, field)
+    assert set(plan.fields) <= set(_samseg_group_paths(small))  # the App's samseg group from its next load
+    if plan.saved_views:
+        _open_saved_views_menu(page)
+        for view in plan.saved_views:
+            page.get_by_text(view, exact=True).first.wait_for()
+        assert set(plan.saved_views) <= set(small.list_saved_views())
+    _save(page, tmp_path, f"{stage}_after")
+
+
+def test_an_invalid_input_is_marked_inline_and_execute_waits_until_it_is_fixed(page, app_url, small):
+    from playwright.sync_api import expect
+
+    _open_dataset(page, app_url, small)
+    _open_operator(page, "samseg: evaluate IoU")
+    key = _form_field(page, "Evaluation key").locator("input").first
+    execute = page.get_by_role("button", name="Execute")
+
+    key.fill("bad key")
+    page.get_by_text(
+        "Evaluation key (eval_key): 'bad key' is not a valid run key", exact=False
+    ).first.wait_for()
+    expect(execute).to_be_disabled()
+
+    key.fill("good_key")
+    page.get_by_text("is not a valid run key", exact=False).first.wait_for(state="hidden")
+    expect(execute).to_be_enabled()
+
+
+def test_shard_run_queues_one_background_run_per_shard_that_the_qa_panel_follows(
+    page, app_url, small, models, tmp_path
+):
+    _open_dataset(page, app_url, small)
+    _open_operator(page, "samseg: run a stage on N workers")
+    _type(page, "Number of shards", "2")
+    _type(page, "Semantic segmenter", models["segformer"])
+    _type(page, "Output segmentation field", "ui_sharded")
+    page.get_by_role("button", name="Execute").click()
+    page.get_by_text("Shards queued").first.wait_for()
+    _close_summary(page)
+
+    _open_qa_panel(page)
+    page.get_by_text("Background runs: 2 queued", exact=False).first.wait_for()
+    page.locator("tr", has_text="shard 1/2").scroll_into_view_if_needed()
+    _save(page, tmp_path, "shard_run_queued")
+    with _delegated_worker(tmp_path):
+        for shard in ("shard 1/2", "shard 2/2"):
+            _refresh_until(page, page.locator("tr", has_text=shard).get_by_text("completed", exact=True))
+    _save(page, tmp_path, "shard_run_completed")
+    assert _poll_dataset(small, "ui_sharded")
+
+
+def test_a_scheduled_run_says_it_is_queued_and_the_qa_panel_follows_it_to_completed(
+    page, background_app_url, small, tmp_path
+):
+    _open_dataset(page, background_app_url, small)
+    _open_operator(page, "samseg: evaluate IoU")
+    page.get_by_text("Background runs are enabled", exact=False).first.wait_for()  # the form's notice
+    _pick(page, "Prediction field", "coarse")
+    _type(page, "Evaluation key", "ui_scheduled")
+    page.locator("[role=dialog] [aria-haspopup=menu]").click()  # Execute's menu: Execute or Schedule
+    page.get_by_role("menuitem").filter(has_text="Schedule").click()
+    page.get_by_role("button", name="Schedule").click()
+    page.get_by_text("Operation successfully scheduled").wait_for()
+    _save(page, tmp_path, "scheduled")
+
+    _open_qa_panel(page)
+    row = page.locator("tr", has_text="ui_scheduled")
+    row.get_by_text("queued", exact=True).wait_for()
+    page.get_by_text("Background runs: 1 queued", exact=False).first.wait_for()
+    page.get_by_text("fiftyone delegated launch", exact=False).first.wait_for()  # how to start a worker
+    row.scroll_into_view_if_needed()
+    _save(page, tmp_path, "background_run_queued")
+
+    with _delegated_worker(tmp_path):
+        _refresh_until(page, row.get_by_text("completed", exact=True))
+    row.get_by_text("processed 3", exact=False).wait_for()
+    row.scroll_into_view_if_needed()
+    _save(page, tmp_path, "background_run_completed")
+    assert _poll_dataset(small, "ui_scheduled_miou")
+
+
+def test_a_qa_session_on_thirty_samples_in_a_stock_app(page, app_url, thirty, tmp_path):
+    from playwright.sync_api import expect
+
+    from samseg_core.metrics import segmentation_scores
+
+    _open_dataset(page, app_url, thirty)
+    page.wait_for_timeout(2_000)  # the grid's thumbnails
+    _save(page, tmp_path, "session_1_dataset")
+
+    # 1. evaluate IoU: a stock App offers Execute for 30 samples and says how background runs would work
+    _open_operator(page, "samseg: evaluate IoU")
+    _pick(page, "Prediction field", "baseline")
+    notice = page.get_by_text("30 samples: Execute runs them now", exact=False).first
+    notice.scroll_into_view_if_needed()
+    expect(page.get_by_role("button", name="Execute")).to_be_enabled()
+    _save(page, tmp_path, "session_2_evaluate_form")
+    summary = _execute(page)
+    assert re.search(r"Processed:\s*30\b", summary), summary
+    _save(page, tmp_path, "session_3_evaluate_summary")
+    _close_summary(page)
+    _wait_in_sidebar(page, "samseg_iou_miou")
+    mious = _poll_dataset(thirty, "samseg_iou_miou")
+    expected = [segmentation_scores(s.ground_truth.mask, s.baseline.mask, 6).miou for s in thirty]
+    assert mious == pytest.approx(expected)
+
+    # 2. failure modes of the same prediction
+    _open_operator(page, "samseg: detect failure modes")
+    _pick(page, "Prediction field", "baseline")
+    assert re.search(r"Processed:\s*30\b", _execute(page))
+    _save(page, tmp_path, "session_4_failures_summary")
+    _close_summary(page)
+    _wait_in_sidebar(page, "samseg_failures_missing")
+
+    # 3. a relabel queue of the 10 worst samples with failures
+    _open_operator(page, "samseg: build relabel queue")
+    _pick(page, "Failure run", "samseg_failures")
+    _type(page, "Max samples", "10")
+    assert "relabel" in _execute(page)
+    _save(page, tmp_path, "session_5_queue_summary")
+    _close_summary(page)
+
+    # 4. the QA panel: the worst sample opens in the modal, a queue button opens its view
+    _open_qa_panel(page)
+    page.get_by_text("Worst samples", exact=True).wait_for()
+    _save(page, tmp_path, "session_6_qa_panel")
+    thirty.reload()  # the App's process added fields
+    worst = thirty.sort_by("samseg_iou_miou").first()
+    page.locator("tr", has_text=Path(worst.filepath).name).get_by_role("button", name="Open").first.click()
+    page.wait_for_url(f"**id={worst.id}**")  # the modal shows that sample
+    page.locator("#modal.modalon").get_by_text(worst.id, exact=True).first.wait_for()
+    _save(page, tmp_path, "session_7_worst_sample")
+    _close_modal(page)
+
+    queued = len(thirty.load_saved_view("relabel"))
+    page.get_by_role("button", name=f"Open 'relabel' ({queued})").click()
+    page.wait_for_url("**view=relabel**")
+    page.get_by_text(f"{queued} samples", exact=True).wait_for()
+    _save(page, tmp_path, "session_8_relabel_view")
+
+    # 5. the next time the page loads, samseg's fields are listed in the sidebar's samseg group
+    page.reload(wait_until="domcontentloaded")
+    page.get_by_text(f"{queued} samples", exact=True).wait_for()  # the App keeps the queue's view
+    _wait_in_sidebar(page, "samseg_iou_miou")
+    for field in ("samseg_iou_miou", "samseg_failures", "samseg_failures_missing"):
+        assert _sidebar_group(page, field) == SAMSEG_GROUP
+    assert _sidebar_group(page, "baseline") == "LABELS"
+    _save(page, tmp_path, "session_9_reopened_sidebar")
