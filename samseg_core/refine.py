@@ -19,7 +19,11 @@ baseline region is at least ``gate`` (``gate=0`` accepts everything, as the stud
   region is a prompt that hit the wrong object (a box holding several, a point on a boundary) or a leak into a
   similar-looking neighbour, not a boundary correction.
 
-The study's setting is ``gate=0, min_change=0, protect_regions=False``. Accepted masks are painted into one map.
+A third gate asks SAM itself: ``min_predicted_iou`` (default 0.7) rejects a candidate SAM rates below it (SAM's
+automatic mask generator drops masks below 0.88 for the same reason). On the simulator it removed the last
+losses of the two change gates where SAM's errors were harsh, at no cost where they were moderate.
+
+The study's setting is ``gate=0, min_change=0, protect_regions=False, min_predicted_iou=0``. Accepted masks are painted into one map.
 
 Aggregation rules:
 
@@ -84,8 +88,11 @@ STUDY_SETTINGS: dict[str, Any] = {
     "gate": 0.0,
     "min_change": 0.0,
     "protect_regions": False,
+    "min_predicted_iou": 0.0,
     "fill": "background",
 }
+#: Default of ``min_predicted_iou``: SAM's own score a candidate must reach.
+DEFAULT_MIN_PREDICTED_IOU = 0.7
 #: Baseline regions smaller than this are not protected by ``protect_regions`` (specks are the baseline's noise).
 PROTECTED_MIN_AREA = 16
 #: Upper bound on prompt sets per decoder call.
@@ -294,6 +301,7 @@ def refine_prompt_sets(
     gate: float = DEFAULT_GATE,
     min_change: float = DEFAULT_MIN_CHANGE,
     protect_regions: bool = True,
+    min_predicted_iou: float = DEFAULT_MIN_PREDICTED_IOU,
     fill: Fill = "baseline",
     overlap: Overlap = "area",
     background_id: int = 0,
@@ -312,6 +320,7 @@ def refine_prompt_sets(
         gate: minimum IoU of the chosen candidate with its baseline region to accept it; 0 accepts all.
         min_change: changed pixels per pixel of the region's boundary a candidate must reach (0: no minimum).
         protect_regions: reject candidates whose changes swallow half or more of another class's region.
+        min_predicted_iou: reject candidates whose SAM predicted IoU is below this (0: no minimum).
         fill: ``"baseline"`` or ``"background"`` (see the module docstring).
         overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
         background_id: the class released pixels get with ``fill="background"``.
@@ -328,6 +337,8 @@ def refine_prompt_sets(
         raise ValueError(f"gate must lie in [0, 1], got {gate}")
     if not min_change >= 0.0:
         raise ValueError(f"min_change must be >= 0, got {min_change}")
+    if not 0.0 <= min_predicted_iou <= 1.0:
+        raise ValueError(f"min_predicted_iou must lie in [0, 1], got {min_predicted_iou}")
     if max_prompts_per_call is None:
         encoder_size = int(image.model.input_size)
         max_prompts_per_call = prompts_per_call(baseline.shape, encoder_size, image.device)
@@ -387,6 +398,8 @@ def refine_prompt_sets(
         swallows = swallowed_regions(changed, components, areas)
     del changed
     accepted = (base_iou >= gate) & (change_ratio >= min_change) & ~swallows
+    if min_predicted_iou > 0:  # 0 is no minimum: an untrained decoder's scores can be negative
+        accepted &= pred_iou >= min_predicted_iou
     if fill == "background":
         released = (regions & accepted[:, None, None]).any(dim=0)
         start = torch.where(released, torch.as_tensor(background_id, device=device), start)
@@ -453,6 +466,7 @@ def refine_semantic(
     gate: float = DEFAULT_GATE,
     min_change: float = DEFAULT_MIN_CHANGE,
     protect_regions: bool = True,
+    min_predicted_iou: float = DEFAULT_MIN_PREDICTED_IOU,
     fill: Fill = "baseline",
     overlap: Overlap = "area",
     loose_margin: float = 0.2,
@@ -473,6 +487,7 @@ def refine_semantic(
         gate: the no-harm gate, minimum IoU with the baseline region to accept a candidate (0 = the study).
         min_change: changed pixels per boundary pixel a candidate must reach (0 = the study).
         protect_regions: reject candidates swallowing another class's region (False = the study).
+        min_predicted_iou: reject candidates SAM scores below this (0 = the study).
         fill: ``"baseline"`` (unclaimed pixels keep the baseline) or ``"background"`` (the study).
         overlap: ``"area"`` (smaller mask wins) or ``"score"`` (higher predicted IoU wins).
         loose_margin: per-side margin of the loose box as a fraction of the box size.
@@ -501,6 +516,7 @@ def refine_semantic(
         gate=gate,
         min_change=min_change,
         protect_regions=protect_regions,
+        min_predicted_iou=min_predicted_iou,
         fill=fill,
         overlap=overlap,
         background_id=background_id,

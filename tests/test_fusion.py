@@ -292,3 +292,12 @@ def test_a_stray_large_id_is_tallied_exactly_without_a_huge_histogram():
     assert sum(tally.changes.values()) == 2
     result = calibrate(tally, FusionTally(["k"]), min_support=1)  # class ids 0, 1, 2 and 65535: four indices
     assert set(result.choice) <= {0, 1, 2, 65535} and result.scores["calibration"]["fused_miou"] == 1.0
+
+
+def test_the_panel_says_when_a_calibration_had_no_held_out_samples():
+    from samseg_core.stages.qa_summary import calibration_markdown
+
+    entry = {"key": "f", "baseline_field": "b", "gt_field": "g", "table": [],
+             "scores": {"held_out": {"images": 0, "baseline_miou": float("nan"), "fused_miou": float("nan")}}}  # fmt: skip
+    text = "\n".join(calibration_markdown(entry))
+    assert "no held-out samples" in text and "nan" not in text

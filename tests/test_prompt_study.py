@@ -106,7 +106,7 @@ def test_custom_configurations_run_after_the_chosen_ones_with_common_settings(sc
     strict = table.rows[2]
     assert (
         strict["settings"]
-        == "points+box granularity=class selection=baseline_iou gate=1.0 min_change=2.0 protect_regions=True fill=baseline"
+        == "points+box granularity=class selection=baseline_iou gate=1.0 min_change=2.0 protect_regions=True min_predicted_iou=0.7 fill=baseline"
     )
     assert strict["accepted"] == 0.0  # no random-SAM candidate matches its region exactly
     box = table.rows[1]  # the study configuration sets its own gate, which common does not replace
@@ -231,7 +231,13 @@ def test_ids_from_num_classes_on_are_ignored_in_ground_truth_and_wrong_in_predic
 
 def test_gate_counts_of_a_batch_retried_sample_by_sample_are_not_doubled(scene_dataset, cache):
     configs = {
-        "loose": {"prompts": ("points", "box"), "gate": 0.0, "min_change": 0.0, "protect_regions": False}
+        "loose": {
+            "prompts": ("points", "box"),
+            "gate": 0.0,
+            "min_change": 0.0,
+            "protect_regions": False,
+            "min_predicted_iou": 0.0,
+        }  # fmt: skip
     }
     clean = prompt_study(
         scene_dataset, configs=configs, baseline_field="coarse", cache=cache, field_prefix="a_"

@@ -22,7 +22,7 @@ SHAPE = (20, 20)
 LOGIT = 5.0
 #: The change gates off: the tests of selection, the IoU gate, fill and overlap use toy masks whose changes are
 #: deliberately small or swallow regions; the change gates have their own tests at the end.
-OPEN = {"min_change": 0.0, "protect_regions": False}
+OPEN = {"min_change": 0.0, "protect_regions": False, "min_predicted_iou": 0.0}
 
 
 def refine_prompt_sets(*args, **kwargs):
@@ -258,6 +258,9 @@ def test_embedding_is_computed_once_for_many_refinements_of_an_image(tiny_cache)
     assert tiny_cache.encoder_calls - before == 1
 
 
+CONFIDENT = [[0.9, 0.1, 0.1]]  # SAM's predicted IoU of the three candidates
+
+
 def _eroded_square():
     """Class 1 is a 10x10 square the baseline has eroded by 2 px on every side (a 6x6 square)."""
     truth = _rect(5, 15, 5, 15)
@@ -269,14 +272,18 @@ def test_min_change_rejects_a_candidate_within_boundary_noise_and_accepts_a_real
     region = baseline == 1
     nudged = region | _rect(6, 7, 7, 13)  # one row more: 6 changed px for a 24 px boundary
     for candidate, accepted in ((nudged, False), (truth, True)):
-        predictor = CandidatePredictor([[candidate, EMPTY, EMPTY]])
+        predictor = CandidatePredictor([[candidate, EMPTY, EMPTY]], scores=CONFIDENT)
         result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, region)], gate=0.3)
         assert result.regions.accepted.tolist() == [accepted]
         assert result.regions.changed_pixels[0] == np.count_nonzero(candidate & ~region)
         expected = truth if accepted else region
         assert np.array_equal(result.semantic == 1, expected)
     ratio = gated_refine_prompt_sets(
-        CandidatePredictor([[nudged, EMPTY, EMPTY]]), baseline, [_prompt(1, region)], gate=0.3, min_change=0.2
+        CandidatePredictor([[nudged, EMPTY, EMPTY]], scores=CONFIDENT),
+        baseline,
+        [_prompt(1, region)],
+        gate=0.3,
+        min_change=0.2,
     ).regions
     assert ratio.accepted.tolist() == [True] and ratio.change_ratio[0] == pytest.approx(6 / (24 * np.pi / 4))
 
@@ -286,13 +293,13 @@ def test_protect_regions_rejects_a_candidate_that_swallows_another_class_region(
     neighbour = _rect(5, 15, 15, 19)  # class 2, touching the square's right side
     baseline[neighbour] = 2
     swallowing = truth | neighbour  # a box holding both objects
-    predictor = CandidatePredictor([[swallowing, EMPTY, EMPTY]])
+    predictor = CandidatePredictor([[swallowing, EMPTY, EMPTY]], scores=CONFIDENT)
     result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, baseline == 1)], gate=0.2)
     assert result.regions.swallows.tolist() == [True] and result.regions.accepted.tolist() == [False]
     assert np.array_equal(result.semantic, baseline)
     open_gate = gated_refine_prompt_sets(
-        CandidatePredictor([[swallowing, EMPTY, EMPTY]]), baseline, [_prompt(1, baseline == 1)], gate=0.2,
-        protect_regions=False,
+        CandidatePredictor([[swallowing, EMPTY, EMPTY]], scores=CONFIDENT), baseline, [_prompt(1, baseline == 1)],
+        gate=0.2, protect_regions=False,
     )  # fmt: skip
     assert (open_gate.semantic[neighbour] == 1).all()
 
@@ -301,6 +308,15 @@ def test_a_speck_smaller_than_the_protected_area_may_be_absorbed():
     truth, baseline = _eroded_square()
     speck = _rect(9, 11, 13, 15)  # 4 px of class 3 inside the eroded band: baseline noise, free to fix
     baseline[speck] = 3
-    predictor = CandidatePredictor([[truth, EMPTY, EMPTY]])
+    predictor = CandidatePredictor([[truth, EMPTY, EMPTY]], scores=CONFIDENT)
     result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, baseline == 1)], gate=0.3)
     assert result.regions.accepted.tolist() == [True] and (result.semantic[speck] == 1).all()
+
+
+def test_min_predicted_iou_rejects_a_candidate_sam_itself_doubts():
+    truth, baseline = _eroded_square()
+    region = baseline == 1
+    for score, accepted in ((0.69, False), (0.7, True)):
+        predictor = CandidatePredictor([[truth, EMPTY, EMPTY]], scores=[[score, 0.1, 0.1]])
+        result = gated_refine_prompt_sets(predictor, baseline, [_prompt(1, region)], gate=0.3)
+        assert result.regions.accepted.tolist() == [accepted]

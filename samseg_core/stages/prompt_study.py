@@ -372,7 +372,15 @@ def _settings_text(settings: Mapping[str, Any]) -> str:
     parts = ["+".join(settings.get("prompts", ()))]
     parts += [
         f"{key}={settings[key]}"
-        for key in ("granularity", "selection", "gate", "min_change", "protect_regions", "fill")
+        for key in (
+            "granularity",
+            "selection",
+            "gate",
+            "min_change",
+            "protect_regions",
+            "min_predicted_iou",
+            "fill",
+        )
         if key in settings
     ]
     return " ".join(parts)

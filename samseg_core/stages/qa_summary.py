@@ -218,13 +218,17 @@ def calibration_markdown(calibration: dict[str, Any]) -> list[str]:
     """A calibration's lines: held-out scores, then per class the method chosen and its gains."""
 
     def fmt(value: Any, sign: str = "") -> str:
-        return "–" if value is None else f"{value:{sign}.4f}"
+        return "–" if value is None or value != value else f"{value:{sign}.4f}"  # None or nan
 
     held = calibration.get("scores", {}).get("held_out", {})
+    checked = (
+        f"held-out mIoU {fmt(held.get('baseline_miou'))} → {fmt(held.get('fused_miou'))} on {held['images']} images"
+        if held.get("images")
+        else "**no held-out samples** (too few labelled samples): the choice is unchecked"
+    )
     lines = [
         f"**Calibrated fusion '{calibration['key']}'** (`{calibration['baseline_field']}` vs "
-        f"`{calibration['gt_field']}`): held-out mIoU {fmt(held.get('baseline_miou'))} → "
-        f"{fmt(held.get('fused_miou'))} on {held.get('images', 0)} images{stale_note(calibration)}",
+        f"`{calibration['gt_field']}`): {checked}{stale_note(calibration)}",
         "",
         "| class | method | Δ mIoU (calibration) | Δ mIoU (held-out) | Δ class IoU | support (px) | why baseline |",
         "|---|---|---|---|---|---|---|",

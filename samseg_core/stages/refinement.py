@@ -22,6 +22,7 @@ from samseg_core.prompts import DEFAULT_MASK_LOGIT, DEFAULT_MIN_REGION_AREA, Gra
 from samseg_core.refine import (
     DEFAULT_GATE,
     DEFAULT_MIN_CHANGE,
+    DEFAULT_MIN_PREDICTED_IOU,
     Fill,
     Overlap,
     RefinementResult,
@@ -56,6 +57,7 @@ REFINE_SETTINGS = (
     "gate",
     "min_change",
     "protect_regions",
+    "min_predicted_iou",
     "fill",
     "overlap",
     "loose_margin",
@@ -108,6 +110,10 @@ class RefinementOptions(SamOptions):
     protect_regions: bool = option(
         True, "Reject a candidate that takes half or more of another class's region (a prompt that hit the "
         "wrong object); off: the study", label="Protect other regions",
+    )  # fmt: skip
+    min_predicted_iou: float = option(
+        DEFAULT_MIN_PREDICTED_IOU, "Accept a candidate only if SAM's own predicted IoU reaches this (0: the study)",
+        ge=0.0, le=1.0, label="Minimum SAM score",
     )  # fmt: skip
     fill: Fill = option(
         "baseline", "baseline: pixels no accepted mask claims keep the baseline; background: the study's "
