@@ -143,7 +143,22 @@ def run_weight_free(dataset: Any) -> list[tuple[str, Any]]:
             ),
         ),
     ]
-    for field in ("coarse", "ssa", "ssa_noharm"):
+    steps += [
+        (
+            "calibrated fusion (vote over superpixels, per class)",
+            ss.calibrate_fusion(
+                dataset, gt_field="ground_truth", baseline_field="coarse", eval_key="fusion",
+                methods=("vote",), masks="superpixels", min_support=50,
+            ),
+        ),
+        (
+            "apply fusion",
+            ss.apply_fusion(
+                dataset, calibration="fusion", baseline_field="coarse", label_field="fused", masks="superpixels"
+            ),
+        ),
+    ]  # fmt: skip
+    for field in ("coarse", "ssa", "ssa_noharm", "fused"):
         steps.append(
             (
                 f"IoU of '{field}' vs ground truth",
@@ -235,6 +250,8 @@ def print_summary(dataset: Any, steps: list[tuple[str, Any]], path_taken: str) -
                 f"{result.tagged_labels} labels tagged, saved views {result.views}"
             )
         print(f"  {name}: {result}")
+        if getattr(result, "extra", {}).get("choice") is not None:
+            print(f"    per class: {result.extra['choice'] or 'every class keeps the baseline'}")
     modes = ("missing", "incomplete", "overlapping")
     for field in [f for f in dataset.get_field_schema() if f.endswith("_failures")]:
         counts = {mode: int(dataset.sum(f"{field}_{mode}")) for mode in modes}

@@ -40,8 +40,9 @@ def test_offline_demo_runs_every_weight_free_stage_and_prints_a_summary(
     out = capsys.readouterr().out
     dataset = fo.load_dataset(demo_name)
     assert "weight-free stages" in out and f"bash scripts/demo.sh --app --dataset {demo_name}" in out
-    assert dataset.count("ssa") == dataset.count("ssa_noharm") == 2
-    assert {"coarse_iou", "ssa_iou", "ssa_noharm_iou"} <= set(dataset.list_runs())
+    assert dataset.count("ssa") == dataset.count("ssa_noharm") == dataset.count("fused") == 2
+    assert {"coarse_iou", "ssa_iou", "ssa_noharm_iou", "fusion", "fused_iou"} <= set(dataset.list_runs())
+    assert "per class:" in out
     assert "relabel" in dataset.list_saved_views()
     for key in ("coarse_iou", "ssa_iou"):
         assert f"{key:<16} {dataset.mean(f'{key}_miou'):.4f}" in out
