@@ -30,6 +30,7 @@ from samseg_core.stages.options import SEGMENTATION, OutputField, input_field, o
 from samseg_core.stages.plan import StagePlan
 from samseg_core.stages.qa_common import check_mask_targets_agree, resolve_class_names
 from samseg_core.stages.refinement import (
+    REFINE_SETTINGS,
     baseline_of,
     check_settings,
     default_settings,
@@ -370,19 +371,10 @@ def study_scores(
 
 def _settings_text(settings: Mapping[str, Any]) -> str:
     parts = ["+".join(settings.get("prompts", ()))]
-    parts += [
-        f"{key}={settings[key]}"
-        for key in (
-            "granularity",
-            "selection",
-            "gate",
-            "min_change",
-            "protect_regions",
-            "min_predicted_iou",
-            "fill",
-        )
-        if key in settings
-    ]
+    shown = REFINE_SETTINGS[
+        1 : REFINE_SETTINGS.index("fill") + 1
+    ]  # granularity ... fill: what tells rows apart
+    parts += [f"{key}={settings[key]}" for key in shown if key in settings]
     return " ".join(parts)
 
 
