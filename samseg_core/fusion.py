@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from samseg_core.metrics import MAX_CLASSES, scores_from_confusion
+
 #: The methods calibration can choose from, and the thresholds each is tried at: ``refine`` at its no-harm gate
 #: (minimum IoU of SAM's mask with the baseline region), ``vote`` (no-harm voting) at its minimum vote share.
 METHOD_THRESHOLDS: dict[str, tuple[float, ...]] = {"refine": (0.5, 0.7, 0.9), "vote": (0.5, 0.7, 0.9)}
@@ -95,9 +97,6 @@ class FusionTally:
         self.images += 1
 
 
-_DENSE_IDS = 4096
-
-
 def _count_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
     """Pixel counts of the distinct ``(a, b)`` pairs (one bincount: the confusion of a whole image; a stray
     large id such as 65535 falls back to sorting, never to a huge histogram)."""
@@ -105,7 +104,7 @@ def _count_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
         return {}
     a, b = a.astype(np.int64), b.astype(np.int64)
     n = int(max(a.max(), b.max())) + 1
-    if n > _DENSE_IDS:
+    if n > MAX_CLASSES:
         return _count_rows(np.stack([a, b]))
     counts = np.bincount(a * n + b, minlength=n * n)
     codes = np.flatnonzero(counts)
@@ -150,17 +149,12 @@ def _arrays(tally: FusionTally, ids: np.ndarray) -> _Arrays:
 
 def miou_of(confusion: np.ndarray) -> float:
     """Summed mIoU of a (C, C) gt x prediction confusion matrix over the classes present in either."""
-    iou = class_iou_of(confusion)
-    present = ~np.isnan(iou)
-    return float(iou[present].mean()) if present.any() else float("nan")
+    return scores_from_confusion(confusion).miou
 
 
 def class_iou_of(confusion: np.ndarray) -> np.ndarray:
     """(C,) IoU per class of a gt x prediction confusion matrix (nan for classes in neither)."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
+    return scores_from_confusion(confusion).per_class_iou
 
 
 def _moved(arrays: _Arrays, candidate: int, target: int) -> np.ndarray:
@@ -184,7 +178,7 @@ def gain_table(tally: FusionTally, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
     into that class, the class's own IoU gain, and the number of pixels moved. Three (K, C) arrays."""
     arrays = _arrays(tally, ids)
     k, n = len(tally.candidates), ids.size
-    base_miou, base_iou = miou_of(arrays.confusion), class_iou_of(arrays.confusion)
+    base = scores_from_confusion(arrays.confusion)
     gain, class_gain = np.zeros((k, n)), np.zeros((k, n))
     support = np.zeros((k, n), np.int64)
     for cand in range(k):
@@ -192,9 +186,9 @@ def gain_table(tally: FusionTally, ids: np.ndarray) -> tuple[np.ndarray, np.ndar
             moved = _moved(arrays, cand, int(c))
             if not moved.any():
                 continue
-            fused = _apply(arrays.confusion, moved, int(c))
-            gain[cand, c] = miou_of(fused) - base_miou
-            class_gain[cand, c] = np.nan_to_num(class_iou_of(fused)[c]) - np.nan_to_num(base_iou[c])
+            fused = scores_from_confusion(_apply(arrays.confusion, moved, int(c)))
+            gain[cand, c] = fused.miou - base.miou
+            class_gain[cand, c] = np.nan_to_num(fused.per_class_iou[c]) - np.nan_to_num(base.per_class_iou[c])
             support[cand, c] = moved.sum()
     return gain, class_gain, support
 
