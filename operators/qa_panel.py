@@ -13,6 +13,7 @@ import fiftyone.operators.types as types
 
 from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, queue_buttons, summary_markdown
 
+from .app_refresh import field_names, show_listed_fields_in_modal, show_new_fields
 from .background_runs import (
     WORKER_HOWTO,
     finished_since,
@@ -70,6 +71,7 @@ class QAPanel(foo.Panel):
         ]
         state.views = queue_buttons(ctx.view, summary)
         state.background_runs = list_background_runs(ctx.dataset.name)
+        state.fields = field_names(ctx.dataset)
         ctx.panel.data.per_class = per_class_bar_traces(summary)
 
     def on_load(self, ctx: Any) -> None:
@@ -80,9 +82,10 @@ class QAPanel(foo.Panel):
 
     def refresh(self, ctx: Any) -> None:
         before = ctx.panel.state.background_runs or []
+        fields_before = ctx.panel.state.fields or []
         self._refresh(ctx, ctx.panel.state.eval_key)
         if finished_since(before, ctx.panel.state.background_runs or []):
-            ctx.ops.reload_dataset()  # a background run wrote fields: show them
+            show_new_fields(ctx, fields_before)  # a background run wrote fields: show them
 
     def select_evaluation(self, ctx: Any) -> None:
         self._refresh(ctx, _event_param(ctx, "value"))
@@ -97,6 +100,7 @@ class QAPanel(foo.Panel):
         row = _event_param(ctx, "row")
         worst = ctx.panel.state.worst or []
         if row is not None and 0 <= int(row) < len(worst):
+            show_listed_fields_in_modal(ctx)
             ctx.ops.open_sample(id=worst[int(row)]["id"])
 
     def show_worst(self, ctx: Any) -> None:

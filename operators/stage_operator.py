@@ -19,6 +19,7 @@ from samseg_core.errors import StageParameterError
 from samseg_core.stages.options import OUTPUT, OUTPUT_RUN, QUEUE
 
 from . import forms
+from .app_refresh import field_names, show_new_fields
 
 #: Views larger than this default to a background (delegated) run when background runs are enabled.
 DELEGATE_ABOVE_SAMPLES = 25
@@ -106,9 +107,10 @@ class StageOperator(foo.Operator):
         kwargs["progress"] = lambda fraction: ctx.set_progress(progress=fraction, label=f"{fraction:.0%}")
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # DataLoader workers only make sense in a delegated worker process
+        before = field_names(ctx.dataset)
         result = type(self).SDK(ctx.target_view(), **kwargs)
         if not ctx.delegated:
-            ctx.trigger("reload_dataset")
+            show_new_fields(ctx, before)
         summary = result.to_dict()
         summary.setdefault("table", _results_table(summary))
         return summary

@@ -288,10 +288,44 @@ def _close_modal(page) -> None:
     page.locator("#modal.modalon").wait_for(state="detached")
 
 
+def _open_first_sample(page) -> str:
+    """Opens the grid's first sample in the modal (a click, as a user would); returns its id."""
+    looker = page.locator("[data-cy=looker]").first
+    box = looker.bounding_box()
+    # away from the selection checkbox and the label chips (small thumbnails when a panel is open)
+    looker.click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.7})
+    page.locator("#modal.modalon").wait_for()
+    page.wait_for_url(re.compile(r"[?&]id="))
+    return re.search(r"[?&]id=([0-9a-f]+)", page.url).group(1)
+
+
+def _modal_value(page, path: str) -> str | None:
+    """The value the open modal's sidebar shows for the primitive field ``path`` (None when it is not listed).
+
+    The modal lists a primitive as its value on one line and its path on the next.
+    """
+    lines = [line.strip() for line in page.locator("#modal").inner_text().splitlines()]
+    return lines[lines.index(path) - 1] if path in lines[1:] else None
+
+
+def _wait_modal_value(page, path: str, expected: float, timeout: float = 30.0) -> None:
+    """Waits until the open modal shows ``path`` with ``expected`` (as the App rounds it, to 3 decimals)."""
+    deadline = time.monotonic() + timeout
+    shown = None
+    while time.monotonic() < deadline:
+        shown = _modal_value(page, path)
+        with contextlib.suppress(TypeError, ValueError):
+            if abs(float(shown) - expected) < 6e-4:
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"the modal shows {path} = {shown!r}, expected {expected:.3f}")
+
+
 def _open_operator(page, label: str) -> None:
     """Opens an operator's form from the operator browser: backtick, search "samseg", click its label; fails
-    with the App's message when the form cannot be shown."""
-    page.get_by_text(re.compile(r"^\d+ samples?$")).first.click()  # focus outside inputs and the grid
+    with the App's message when the form cannot be shown. Works from the grid and from the sample modal."""
+    if not page.locator("#modal.modalon").count():
+        page.get_by_text(re.compile(r"^\d+ samples?$")).first.click()  # focus outside inputs and the grid
     page.keyboard.press("`")
     page.get_by_placeholder("Search operations by name...").fill("samseg")
     page.get_by_text(label, exact=True).click()
@@ -356,11 +390,7 @@ def _close_summary(page) -> None:
 
 
 def _wait_in_sidebar(page, field: str) -> None:
-    """Waits until ``field`` is listed in the sidebar (the App reloaded the dataset after the run).
-
-    Until the page is loaded again the App lists a new field in its default group (labels, primitives): it
-    keeps the sidebar groups it loaded with for as long as the dataset stays open.
-    """
+    """Waits until ``field`` is listed in the grid's sidebar (the App reloaded the dataset after the run)."""
     page.wait_for_function(f"(path) => ({_SIDEBAR_GROUP_OF})(path) !== null", arg=field)
 
 
@@ -554,7 +584,10 @@ def test_an_operator_runs_from_its_form_and_its_results_appear_without_a_reload(
     for field in plan.fields:
         _wait_in_sidebar(page, field)
         assert _poll_dataset(small, field)
-    assert set(plan.fields) <= set(_samseg_group_paths(small))  # the App's samseg group from its next load
+    assert set(plan.fields) <= set(_samseg_group_paths(small))  # stored for the App's next load
+    page.wait_for_function(  # and listed there now
+        f"(paths) => paths.every((p) => ({_SIDEBAR_GROUP_OF})(p) === '{SAMSEG_GROUP}')", arg=list(plan.fields)
+    )
     if plan.saved_views:
         _open_saved_views_menu(page)
         for view in plan.saved_views:
@@ -635,6 +668,26 @@ def test_a_scheduled_run_says_it_is_queued_and_the_qa_panel_follows_it_to_comple
     assert _poll_dataset(small, "ui_scheduled_miou")
 
 
+def test_a_run_from_the_open_sample_modal_shows_its_new_fields_and_values_there(
+    page, app_url, small, tmp_path
+):
+    _open_dataset(page, app_url, small)
+    sample_id = _open_first_sample(page)
+    assert _modal_value(page, "ui_modal_miou") is None
+
+    _open_operator(page, "samseg: evaluate IoU")
+    _pick(page, "Prediction field", "baseline")
+    _type(page, "Evaluation key", "ui_modal")
+    assert "ui_modal_miou" in _execute(page)
+    _close_summary(page)
+
+    assert page.locator("#modal.modalon").count()  # still open, never reloaded
+    _poll_dataset(small, "ui_modal_miou")
+    ids, mious = small.values(["id", "ui_modal_miou"])
+    _wait_modal_value(page, "ui_modal_miou", mious[ids.index(sample_id)])
+    _save(page, tmp_path, "modal_after_run")
+
+
 def test_a_qa_session_on_thirty_samples_in_a_stock_app(page, app_url, thirty, tmp_path):
     from playwright.sync_api import expect
 
@@ -656,6 +709,7 @@ def test_a_qa_session_on_thirty_samples_in_a_stock_app(page, app_url, thirty, tm
     _save(page, tmp_path, "session_3_evaluate_summary")
     _close_summary(page)
     _wait_in_sidebar(page, "samseg_iou_miou")
+    assert _sidebar_group(page, "samseg_iou_miou") == SAMSEG_GROUP  # in samseg's group at once
     mious = _poll_dataset(thirty, "samseg_iou_miou")
     expected = [segmentation_scores(s.ground_truth.mask, s.baseline.mask, 6).miou for s in thirty]
     assert mious == pytest.approx(expected)
@@ -685,6 +739,8 @@ def test_a_qa_session_on_thirty_samples_in_a_stock_app(page, app_url, thirty, tm
     page.locator("tr", has_text=Path(worst.filepath).name).get_by_role("button", name="Open").first.click()
     page.wait_for_url(f"**id={worst.id}**")  # the modal shows that sample
     page.locator("#modal.modalon").get_by_text(worst.id, exact=True).first.wait_for()
+    _wait_modal_value(page, "samseg_iou_miou", worst.samseg_iou_miou)  # the fields written in this session
+    assert _modal_value(page, "samseg_failures_missing") == str(worst.samseg_failures_missing)
     _save(page, tmp_path, "session_7_worst_sample")
     _close_modal(page)
 
@@ -694,7 +750,7 @@ def test_a_qa_session_on_thirty_samples_in_a_stock_app(page, app_url, thirty, tm
     page.get_by_text(f"{queued} samples", exact=True).wait_for()
     _save(page, tmp_path, "session_8_relabel_view")
 
-    # 5. the next time the page loads, samseg's fields are listed in the sidebar's samseg group
+    # 5. the next time the page loads, samseg's fields are still listed in the sidebar's samseg group
     page.reload(wait_until="domcontentloaded")
     page.get_by_text(f"{queued} samples", exact=True).wait_for()  # the App keeps the queue's view
     _wait_in_sidebar(page, "samseg_iou_miou")

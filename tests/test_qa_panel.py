@@ -133,6 +133,8 @@ def test_a_worst_samples_row_opens_that_sample(evaluated):
         params={"row": 1},
         panel=SimpleNamespace(state=SimpleNamespace(worst=worst)),
         ops=SimpleNamespace(open_sample=lambda id=None: opened.append(id)),
+        dataset=evaluated,
+        trigger=lambda uri, params=None: None,
     )
 
     QAPanel().open_worst_sample(ctx)
