@@ -161,3 +161,42 @@ def test_build_relabel_queue_operator(qa_dataset):
     )
     assert result["samples"] == 2 and "ops-missing" in result["views"]
     assert qa_dataset.count_sample_tags() == {"ops": 2}
+
+
+def test_deleting_a_queue_removes_the_annotation_runs_it_sent_and_their_staged_regions(
+    qa_dataset, monkeypatch
+):
+    import fiftyone.core.collections as foc
+
+    from samseg_core.stages import annotation_projects
+
+    def annotate(self, key, **kwargs):  # uploads nothing (the real round trip: tests/test_label_studio.py)
+        sent.append((key, kwargs["label_field"]))
+
+    sent = []
+    monkeypatch.setattr(foc.SampleCollection, "annotate", annotate)
+    monkeypatch.setattr(annotation_projects, "existing_projects", lambda kwargs: None)
+    qa_dataset.tag_samples("keep")
+    build_relabel_queue(
+        qa_dataset,
+        eval_key="ev",
+        max_samples=2,
+        backend="labelstudio",
+        annotation_field="pred",
+        anno_key="fix1",
+    )
+    assert sent == [("fix1", "pred_fix1")] and qa_dataset.has_field("pred_fix1")
+
+    assert delete_relabel_queue(qa_dataset)
+
+    assert not qa_dataset.has_field("pred_fix1") and qa_dataset.has_field("pred")
+    assert queue_records(qa_dataset) == {} and qa_dataset.count_sample_tags() == {"keep": 4}
+
+
+def test_label_studio_project_titles_fit_its_50_character_limit_and_stay_distinct():
+    from samseg_core.stages.annotation_projects import MAX_TITLE, project_name
+
+    assert project_name("my data", "fix1") == "samseg_my_data_fix1"
+    long = [project_name("2026.12.03.18.30.12.123456", key) for key in ("relabel_20261203_183012", "other")]
+    assert all(len(title) <= MAX_TITLE for title in long) and long[0] != long[1]
+    assert len(long[0] + "_1764787812") <= 50  # with the timestamp FiftyOne adds to a taken title

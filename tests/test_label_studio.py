@@ -164,3 +164,64 @@ def test_queue_whose_upload_failed_can_be_sent_again(label_studio, review_datase
     )  # fmt: skip
     assert queue.anno_key == "first_try" and dataset.list_annotation_runs() == ["first_try"]
     assert dataset.count_sample_tags() == {"relabel": len(BAD)}
+
+
+def _project_titles(label_studio) -> dict[int, str]:
+    projects = api(label_studio.url, label_studio.token, "GET", "/api/projects?page_size=1000")
+    return {p["id"]: p["title"] for p in (projects["results"] if isinstance(projects, dict) else projects)}
+
+
+def test_an_upload_that_fails_after_the_project_was_made_leaves_no_project_and_spares_the_users(
+    label_studio, review_dataset, monkeypatch
+):
+    import fiftyone.utils.labelstudio as fouls
+    from label_studio_sdk import Client
+
+    from samseg_core.stages.annotation_projects import project_name
+    from samseg_core.stages.curation import build_relabel_queue
+
+    dataset, title = review_dataset, project_name(review_dataset.name, "broken")
+    kwargs = {"url": label_studio.url, "api_key": label_studio.token}
+    Client(label_studio.url, label_studio.token).start_project(title=title)  # the user's, with samseg's title
+    before = _project_titles(label_studio)
+
+    def upload_breaks(self, project, tasks, predictions):
+        raise RuntimeError("the server went away during the upload")
+
+    monkeypatch.setattr(fouls.LabelStudioAnnotationAPI, "_upload_tasks", upload_breaks)
+    with pytest.raises(RuntimeError, match="went away"):
+        build_relabel_queue(
+            dataset, eval_key="ev", miou_below=0.7, backend="labelstudio", annotation_field="pred",
+            anno_key="broken", annotate_kwargs=kwargs,
+        )  # fmt: skip
+
+    assert (
+        _project_titles(label_studio) == before
+    )  # samseg's "<title>_<timestamp>" project is gone, the user's stays
+    assert dataset.list_annotation_runs() == [] and not dataset.has_field("pred_broken")
+
+
+def test_deleting_a_sent_queue_with_cleanup_removes_its_run_staged_field_and_project(
+    label_studio, review_dataset
+):
+    from samseg_core.stages.annotation_projects import project_name
+    from samseg_core.stages.curation import build_relabel_queue, delete_relabel_queue
+
+    dataset = review_dataset
+    before = _project_titles(label_studio)
+    queue = build_relabel_queue(
+        dataset, eval_key="ev", miou_below=0.7, backend="labelstudio", annotation_field="pred",
+        anno_key="sent", annotate_kwargs={"url": label_studio.url, "api_key": label_studio.token},
+    )  # fmt: skip
+    project_id = dataset.load_annotation_results(queue.anno_key).project_id
+    assert _project_titles(label_studio)[project_id] == project_name(dataset.name, "sent")
+
+    assert delete_relabel_queue(dataset, cleanup=True)
+
+    assert _project_titles(label_studio) == before
+    assert (
+        dataset.list_annotation_runs() == []
+        and not dataset.has_field("pred_sent")
+        and dataset.has_field("pred")
+    )
+    assert dataset.count_sample_tags() == {}

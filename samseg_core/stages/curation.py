@@ -25,6 +25,7 @@ import numpy as np
 from samseg_core.errors import FieldExistsError, StageParameterError
 from samseg_core.failures import FAILURE_MODES
 from samseg_core.runner import RunSummary
+from samseg_core.stages import annotation_projects as projects
 from samseg_core.stages.eval_runs import AGREEMENT, FAILURES, IOU
 from samseg_core.stages.options import StageOptions, input_run, option, queue_name
 from samseg_core.stages.registry import StageSpec, stage
@@ -420,6 +421,10 @@ def _send_to_annotation(dataset: Any, options: RelabelQueueOptions) -> tuple[str
     if _sends_regions(dataset, options.backend, label_field):
         staged = {"label_field": label_field, "regions_field": regions_field(label_field, anno_key)}
         kwargs.update(_stage_regions(view, **staged))
+    projects_before = None
+    if options.backend == projects.LABEL_STUDIO:
+        kwargs.setdefault("project_name", projects.project_name(dataset.name, anno_key))
+        projects_before = projects.existing_projects(kwargs)
     try:
         view.annotate(anno_key, backend=options.backend, **kwargs)
     except Exception:
@@ -427,6 +432,8 @@ def _send_to_annotation(dataset: Any, options: RelabelQueueOptions) -> tuple[str
             dataset.delete_annotation_run(anno_key)  # FiftyOne registers the run before uploading
         if staged and dataset.get_field(staged["regions_field"]) is not None:
             dataset.delete_sample_field(staged["regions_field"])
+        if projects_before is not None:
+            projects.delete_new_projects(kwargs, projects_before, kwargs["project_name"])
         raise
     return anno_key, staged
 
@@ -509,12 +516,25 @@ def load_relabel_results(
     return anno_key
 
 
-def delete_relabel_queue(samples: Any, name: str = "relabel") -> bool:
-    """Removes what queue ``name`` created (sample tag, label tags, saved views, record); False if unknown."""
+def delete_relabel_queue(samples: Any, name: str = "relabel", *, cleanup: bool = False) -> bool:
+    """Removes what queue ``name`` created: its sample tag, label tags, saved views, the annotation runs it
+    sent (with ``cleanup=True`` also their projects and tasks in the annotation tool) and the fields that staged
+    brush regions for them, and its record. False if there is no such queue.
+
+    This ends the queue's round trip: load the annotators' corrections first (:func:`load_relabel_results`).
+    """
     dataset = samples._dataset
     record = queue_records(dataset).get(name)
     if record is None:
         return False
+    for anno_key in record.get("anno_keys", []):
+        if anno_key in dataset.list_annotation_runs():
+            if cleanup:
+                dataset.load_annotation_results(anno_key).cleanup()
+            dataset.delete_annotation_run(anno_key)
+    for staged in (record.get("regions") or {}).values():
+        if dataset.get_field(staged["regions_field"]) is not None:
+            dataset.delete_sample_field(staged["regions_field"])
     dataset.untag_samples(name)
     present = [f for f in record.get("label_fields", []) if dataset.get_field(f) is not None]
     if present:
