@@ -27,10 +27,14 @@
   var fos = window.__fos__;
   var fou = window.__fou__;
   var recoil = window.recoil;
-  if (!foo || !fos || !fou || !recoil || !fos.sidebarGroupsDefinition || !fos.useUpdateSamples) {
-    console.warn("samseg: this App does not expose the packages show_new_fields needs; skipped");
+  if (!foo || !foo.Operator || !foo.registerOperator) {
+    console.warn("samseg: this App exposes no @fiftyone/operators; show_new_fields is not registered");
     return;
   }
+  // an App whose packages differ still gets the operator (Python triggers it after every run), as a no-op
+  var supported = !!(
+    fos && fou && recoil && fos.sidebarGroupsDefinition && fos.useUpdateSamples && fos.modalSelector
+  );
 
   var PLUGIN = "@samseg/samseg";
   var POLL_MS = 100;
@@ -95,6 +99,7 @@
     }
 
     useHooks() {
+      if (!supported) return {};
       var gridGroups = recoil.useRecoilCallback(function (cb) {
         return function () {
           return cb.snapshot.getPromise(fos.sidebarGroupsDefinition(false));
@@ -139,6 +144,10 @@
     }
 
     async execute(ctx) {
+      if (!supported) {
+        console.warn("samseg: this App's packages differ from FiftyOne 1.22's; new fields show after a reload");
+        return { listed: [], refetched: false, supported: false };
+      }
       var params = ctx.params || {};
       var fields = params.paths || [];
       var deadline = Date.now() + (params.timeout_ms || 15000);
@@ -150,7 +159,11 @@
       groups = placeInGroup(groups, params.group);
       ctx.hooks.setGroups(groups);
       var refetched = await this.refetchOpenSample(ctx.hooks);
-      return { listed: fields.filter(function (f) { return lists(groups, f); }), refetched: refetched };
+      return {
+        listed: fields.filter(function (f) { return lists(groups, f); }),
+        refetched: refetched,
+        supported: true,
+      };
     }
   }
 

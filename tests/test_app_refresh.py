@@ -168,6 +168,7 @@ globalThis.window = {
     return {data: {sample: {sample: {_id: body.variables.filter.id, new_field: 0.5}}}};
   }},
 };
+if (UNSUPPORTED) delete window.__fos__.sidebarGroupsDefinition;
 require(BUNDLE);
 setTimeout(() => { state.grid = LATER; }, 300);
 const started = Date.now();
@@ -187,16 +188,18 @@ AFTER_RUN = [  # where the App's reload puts new fields: its default groups
 ]
 
 
-def _run_bundle(params: dict, open_sample: dict | None, initial=BEFORE_RUN, later=AFTER_RUN) -> dict:
+def _run_bundle(
+    params: dict, open_sample: dict | None, initial=BEFORE_RUN, later=AFTER_RUN, unsupported=False
+) -> dict:
     node = shutil.which("node")
     if node is None:
         if os.environ.get("CI") == "true":
             pytest.fail("node is missing; the CI machine has Node.js")
         pytest.skip("node is not installed")
     script = _NODE_HARNESS
-    for name, value in {
-        "OPEN_SAMPLE": open_sample, "PARAMS": params, "BUNDLE": str(BUNDLE), "INITIAL": initial, "LATER": later,
-    }.items():  # fmt: skip
+    values = {"OPEN_SAMPLE": open_sample, "PARAMS": params, "BUNDLE": str(BUNDLE), "INITIAL": initial}
+    values.update({"UNSUPPORTED": unsupported, "LATER": later})
+    for name, value in values.items():
         script = script.replace(name, json.dumps(value))
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -218,7 +221,7 @@ def test_the_js_operator_waits_for_the_new_field_then_lists_it_in_samsegs_group_
         {"name": "primitives", "paths": ["user_float"]},  # the user's field stays
     ]
     assert out["grid"] == expected and out["modal"] == expected
-    assert out["result"] == {"listed": ["new_field"], "refetched": True}
+    assert out["result"] == {"listed": ["new_field"], "refetched": True, "supported": True}
 
 
 def test_the_js_operator_appends_to_an_existing_samseg_group_and_moves_nothing_else():
@@ -257,4 +260,12 @@ def test_the_js_operator_gives_up_waiting_after_its_timeout_and_fetches_nothing_
     assert out["waited_ms"] < 300  # before the grid changes: the timeout ended the wait
     assert out["modal"] == BEFORE_RUN  # the grid's list at that moment
     assert out["fetched"] == [] and out["updated"] == []
-    assert out["result"] == {"listed": [], "refetched": False}
+    assert out["result"] == {"listed": [], "refetched": False, "supported": True}
+
+
+def test_in_an_app_whose_packages_differ_the_js_operator_is_still_there_and_does_nothing():
+    out = _run_bundle({"paths": ["new_field"]}, {"id": "s1", "groupId": None}, unsupported=True)
+
+    assert out["uri"] == SHOW_NEW_FIELDS  # Python's trigger finds it: no error in the App
+    assert out["result"] == {"listed": [], "refetched": False, "supported": False}
+    assert out["grid"] == BEFORE_RUN and out["modal"] == BEFORE_RUN and out["fetched"] == []
