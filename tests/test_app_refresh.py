@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import fiftyone as fo
-import numpy as np
 import pytest
 from fiftyone.operators.executor import ExecutionContext, Executor
 
@@ -26,21 +25,6 @@ from operators.app_refresh import SHOW_NEW_FIELDS
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = REPO_ROOT / "dist" / "index.umd.js"
 EVALUATE = "@samseg/samseg/evaluate_iou"
-
-
-@pytest.fixture
-def two(dataset, tmp_path):
-    gt = np.zeros((16, 16), np.uint8)
-    gt[4:12, 4:12] = 1
-    dataset.add_samples(
-        fo.Sample(
-            filepath=str(tmp_path / f"{i}.png"), gt=fo.Segmentation(mask=gt), pred=fo.Segmentation(mask=gt)
-        )
-        for i in range(2)
-    )
-    dataset.mask_targets = {"gt": {0: "background", 1: "cat"}}
-    dataset.save()
-    return dataset
 
 
 def _run_in_app(dataset, operator_uri: str, params: dict) -> list[dict]:
@@ -56,24 +40,26 @@ def _run_in_app(dataset, operator_uri: str, params: dict) -> list[dict]:
     return [r for r in requests if r["operator_uri"] not in progress]
 
 
-def test_a_run_reloads_the_dataset_and_lists_exactly_its_new_fields_in_the_modal(two):
-    two.add_sample_field("user_note", fo.StringField)  # there before the run: not new
+def test_a_run_reloads_the_dataset_and_lists_exactly_its_new_fields_in_the_modal(scene_dataset):
+    scene_dataset.add_sample_field("user_note", fo.StringField)  # there before the run: not new
 
-    triggered = _run_in_app(two, EVALUATE, {"pred_field": "pred", "gt_field": "gt", "eval_key": "ev"})
+    triggered = _run_in_app(
+        scene_dataset, EVALUATE, {"pred_field": "coarse", "gt_field": "ground_truth", "eval_key": "ev"}
+    )
 
     assert [t["operator_uri"] for t in triggered] == ["reload_dataset", SHOW_NEW_FIELDS]
     new = triggered[1]["params"]["paths"]
-    assert new == sorted(name for name in two.get_field_schema() if name.startswith("ev_"))
-    assert "ev_miou" in new and "user_note" not in new and "pred" not in new
+    assert new == sorted(name for name in scene_dataset.get_field_schema() if name.startswith("ev_"))
+    assert "ev_miou" in new and "user_note" not in new and "coarse" not in new
     group = triggered[1]["params"]["group"]
     assert group["name"] == "samseg" and set(new) <= set(group["paths"])  # where the App is to list them
 
 
-def test_a_rerun_that_adds_no_field_still_refreshes_the_open_sample(two):
-    params = {"pred_field": "pred", "gt_field": "gt", "eval_key": "ev"}
-    _run_in_app(two, EVALUATE, params)
+def test_a_rerun_that_adds_no_field_still_refreshes_the_open_sample(scene_dataset):
+    params = {"pred_field": "coarse", "gt_field": "ground_truth", "eval_key": "ev"}
+    _run_in_app(scene_dataset, EVALUATE, params)
 
-    triggered = _run_in_app(two, EVALUATE, {**params, "overwrite": True})
+    triggered = _run_in_app(scene_dataset, EVALUATE, {**params, "overwrite": True})
 
     assert [t["operator_uri"] for t in triggered] == ["reload_dataset", SHOW_NEW_FIELDS]
     assert triggered[1]["params"]["paths"] == []
@@ -93,12 +79,12 @@ def _panel_ctx(dataset, triggered: list, **state):
     return ctx
 
 
-def test_the_panels_open_gives_the_modal_the_grids_fields_before_opening_the_sample(two):
+def test_the_panels_open_gives_the_modal_the_grids_fields_before_opening_the_sample(scene_dataset):
     from operators.qa_panel import QAPanel
 
     triggered = []
     worst = [{"id": "a", "filename": "1.png", "miou": 0.5}]
-    ctx = _panel_ctx(two, triggered, worst=worst)
+    ctx = _panel_ctx(scene_dataset, triggered, worst=worst)
     ctx.params = {"row": 0}
 
     QAPanel().open_worst_sample(ctx)
@@ -107,25 +93,27 @@ def test_the_panels_open_gives_the_modal_the_grids_fields_before_opening_the_sam
     assert triggered[0][1] == {"paths": [], "group": None} and triggered[1][1]["id"] == "a"
 
 
-def test_a_finished_background_run_shows_the_fields_it_added_since_the_panel_last_looked(two, monkeypatch):
+def test_a_finished_background_run_shows_the_fields_it_added_since_the_panel_last_looked(
+    scene_dataset, monkeypatch
+):
     import operators.qa_panel as qa_panel
 
     run = {"id": "r1", "run": "samseg: evaluate IoU", "state": "running", "queued": "", "details": ""}
     monkeypatch.setattr(qa_panel, "list_background_runs", lambda name: [run])
     triggered = []
-    ctx = _panel_ctx(two, triggered, eval_key=None, fields=None, background_runs=None)
+    ctx = _panel_ctx(scene_dataset, triggered, eval_key=None, fields=None, background_runs=None)
     qa_panel.QAPanel().on_load(ctx)
     assert "ev_miou" not in ctx.panel.state.fields
 
     from samseg_core.stages.evaluation import evaluate_iou
 
-    evaluate_iou(two, "pred", "gt", eval_key="ev")  # what the worker wrote meanwhile
+    evaluate_iou(scene_dataset, "coarse", "ground_truth", eval_key="ev")  # what the worker wrote meanwhile
     run = {**run, "state": "completed"}
     monkeypatch.setattr(qa_panel, "list_background_runs", lambda name: [run])
     qa_panel.QAPanel().refresh(ctx)
 
     assert [uri for uri, _ in triggered] == ["reload_dataset", SHOW_NEW_FIELDS]
-    assert "ev_miou" in triggered[1][1]["paths"] and "pred" not in triggered[1][1]["paths"]
+    assert "ev_miou" in triggered[1][1]["paths"] and "coarse" not in triggered[1][1]["paths"]
 
 
 def test_the_plugin_ships_its_app_side_operator_and_fiftyone_serves_it():

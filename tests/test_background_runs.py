@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fiftyone as fo
 import fiftyone.operators as foo
-import numpy as np
 import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionProgress, ExecutionResult, ExecutionRunState
@@ -21,65 +20,56 @@ EVALUATE = "@samseg/samseg/evaluate_iou"
 
 
 @pytest.fixture
-def three(dataset, tmp_path, monkeypatch):
+def queueable(scene_dataset, monkeypatch):
+    """The shared synthetic scenes, on a FiftyOne that can queue delegated runs; their runs deleted afterwards."""
     monkeypatch.setattr(fo.config, "allow_legacy_orchestrators", True)
-    gt = np.zeros((16, 16), np.uint8)
-    gt[4:12, 4:12] = 1
-    dataset.add_samples(
-        fo.Sample(
-            filepath=str(tmp_path / f"{i}.png"), gt=fo.Segmentation(mask=gt), pred=fo.Segmentation(mask=gt)
-        )
-        for i in range(3)
-    )
-    dataset.mask_targets = {"gt": {0: "background", 1: "cat"}}
-    dataset.save()
-    yield dataset
-    DelegatedOperationService().delete_for_dataset(dataset._doc.id)
+    yield scene_dataset
+    DelegatedOperationService().delete_for_dataset(scene_dataset._doc.id)
 
 
 def _queue(dataset, eval_key: str) -> None:
-    params = {"pred_field": "pred", "gt_field": "gt", "eval_key": eval_key, "delegate": True}
+    params = {"pred_field": "coarse", "gt_field": "ground_truth", "eval_key": eval_key, "delegate": True}
     result = foo.execute_operator(EVALUATE, {"dataset": dataset, "params": params}, request_delegation=True)
     assert result.delegated and result.error is None
 
 
-def test_a_queued_run_is_listed_as_waiting_for_a_worker(three):
-    _queue(three, "bg")
+def test_a_queued_run_is_listed_as_waiting_for_a_worker(queueable):
+    _queue(queueable, "bg")
 
-    (row,) = list_background_runs(three.name)
+    (row,) = list_background_runs(queueable.name)
 
-    assert row["state"] == ExecutionRunState.QUEUED and row["run"] == "samseg: evaluate IoU (→ bg, 3 samples)"
+    assert row["state"] == ExecutionRunState.QUEUED and row["run"] == "samseg: evaluate IoU (→ bg, 4 samples)"
     assert row["details"] == "waiting for a worker (fiftyone delegated launch)" and row["queued"]
     assert waiting_for_a_worker([row]) and pending_line([row]).startswith("**Background runs: 1 queued**")
 
 
-def test_a_run_a_worker_completed_shows_its_counts_and_counts_as_finished(three):
-    _queue(three, "bg")
-    before = list_background_runs(three.name)
+def test_a_run_a_worker_completed_shows_its_counts_and_counts_as_finished(queueable):
+    _queue(queueable, "bg")
+    before = list_background_runs(queueable.name)
     service = DelegatedOperationService()
-    (operation,) = service.list_operations(dataset_name=three.name)
+    (operation,) = service.list_operations(dataset_name=queueable.name)
 
     service.execute_operation(operation)  # what a `fiftyone delegated launch` worker does
-    after = list_background_runs(three.name)
+    after = list_background_runs(queueable.name)
 
     assert after[0]["state"] == ExecutionRunState.COMPLETED
-    assert after[0]["details"].startswith("processed 3, skipped 0, failed 0")
+    assert after[0]["details"].startswith("processed 4, skipped 0, failed 0")
     assert finished_since(before, after) and not finished_since(after, after)
-    assert three.count("bg_miou") == 3 and pending_line(after) == ""
+    assert queueable.count("bg_miou") == 4 and pending_line(after) == ""
 
 
-def test_running_and_failed_runs_show_progress_and_the_errors_last_line(three):
-    _queue(three, "a")
-    _queue(three, "b")
+def test_running_and_failed_runs_show_progress_and_the_errors_last_line(queueable):
+    _queue(queueable, "a")
+    _queue(queueable, "b")
     service = DelegatedOperationService()
-    running, failing = sorted(service.list_operations(dataset_name=three.name), key=lambda op: op.label)
+    running, failing = sorted(service.list_operations(dataset_name=queueable.name), key=lambda op: op.label)
 
     service.set_running(running.id)
     service.set_progress(running.id, ExecutionProgress(0.4))
     service.set_failed(
         failing.id, result=ExecutionResult(error="Traceback ...\nValueError: pred_field: gone")
     )
-    rows = {row["run"]: row for row in list_background_runs(three.name)}
+    rows = {row["run"]: row for row in list_background_runs(queueable.name)}
 
     assert (
         rows[running.label]["state"] == ExecutionRunState.RUNNING
@@ -92,13 +82,13 @@ def test_running_and_failed_runs_show_progress_and_the_errors_last_line(three):
     )
 
 
-def test_runs_on_another_dataset_are_not_listed(three):
+def test_runs_on_another_dataset_are_not_listed(queueable):
     other = fo.Dataset()
     try:
-        _queue(three, "mine")
+        _queue(queueable, "mine")
         assert list_background_runs(other.name) == []
-        assert [row["run"] for row in list_background_runs(three.name)] == [
-            "samseg: evaluate IoU (→ mine, 3 samples)"
+        assert [row["run"] for row in list_background_runs(queueable.name)] == [
+            "samseg: evaluate IoU (→ mine, 4 samples)"
         ]
     finally:
         other.delete()
