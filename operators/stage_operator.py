@@ -107,7 +107,7 @@ class StageOperator(foo.Operator):
         kwargs["progress"] = lambda fraction: ctx.set_progress(progress=fraction, label=f"{fraction:.0%}")
         if not ctx.delegated:
             kwargs["num_workers"] = 0  # DataLoader workers only make sense in a delegated worker process
-        before = field_names(ctx.dataset)
+        before = [] if ctx.delegated else field_names(ctx.dataset)
         result = type(self).SDK(ctx.target_view(), **kwargs)
         if not ctx.delegated:
             show_new_fields(ctx, before)

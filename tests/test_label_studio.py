@@ -216,7 +216,7 @@ def test_deleting_a_sent_queue_with_cleanup_removes_its_run_staged_field_and_pro
     project_id = dataset.load_annotation_results(queue.anno_key).project_id
     assert _project_titles(label_studio)[project_id] == project_name(dataset.name, "sent")
 
-    assert delete_relabel_queue(dataset, cleanup=True)
+    assert delete_relabel_queue(dataset, cleanup=True, url=label_studio.url, api_key=label_studio.token)
 
     assert _project_titles(label_studio) == before
     assert (

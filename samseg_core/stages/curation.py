@@ -516,10 +516,13 @@ def load_relabel_results(
     return anno_key
 
 
-def delete_relabel_queue(samples: Any, name: str = "relabel", *, cleanup: bool = False) -> bool:
+def delete_relabel_queue(
+    samples: Any, name: str = "relabel", *, cleanup: bool = False, **kwargs: Any
+) -> bool:
     """Removes what queue ``name`` created: its sample tag, label tags, saved views, the annotation runs it
-    sent (with ``cleanup=True`` also their projects and tasks in the annotation tool) and the fields that staged
-    brush regions for them, and its record. False if there is no such queue.
+    sent (with ``cleanup=True`` also their projects and tasks in the annotation tool, reached with the
+    credentials in ``kwargs``, e.g. ``url=``, ``api_key=``, else FiftyOne's annotation config) and the fields
+    that staged brush regions for them, and its record. False if there is no such queue.
 
     This ends the queue's round trip: load the annotators' corrections first (:func:`load_relabel_results`).
     """
@@ -530,7 +533,7 @@ def delete_relabel_queue(samples: Any, name: str = "relabel", *, cleanup: bool =
     for anno_key in record.get("anno_keys", []):
         if anno_key in dataset.list_annotation_runs():
             if cleanup:
-                dataset.load_annotation_results(anno_key).cleanup()
+                dataset.load_annotation_results(anno_key, cache=False, **kwargs).cleanup()
             dataset.delete_annotation_run(anno_key)
     for staged in (record.get("regions") or {}).values():
         if dataset.get_field(staged["regions_field"]) is not None:
