@@ -133,10 +133,16 @@
     async refetchOpenSample(hooks) {
       var open = await hooks.openSample();
       if (!open) return false;
-      var response = await fou.getFetchFunction()("POST", "/graphql", {
-        query: SAMPLE_QUERY,
-        variables: { dataset: open.dataset, view: open.view, filter: { id: open.id } },
-      });
+      var response;
+      try {
+        response = await fou.getFetchFunction()("POST", "/graphql", {
+          query: SAMPLE_QUERY,
+          variables: { dataset: open.dataset, view: open.view, filter: { id: open.id } },
+        });
+      } catch (error) {
+        console.warn("samseg: could not fetch the open sample again", error);
+        return false;  // the field list is shown; the values show when the sample is opened again
+      }
       var sample = response && response.data && response.data.sample && response.data.sample.sample;
       if (!sample) return false;
       hooks.updateSamples([[open.id, sample]]);

@@ -157,6 +157,7 @@ globalThis.window = {
   }},
 };
 if (UNSUPPORTED) delete window.__fos__.sidebarGroupsDefinition;
+if (FETCH_FAILS) window.__fou__.getFetchFunction = () => async () => { throw new Error("server gone"); };
 require(BUNDLE);
 setTimeout(() => { state.grid = LATER; }, 300);
 const started = Date.now();
@@ -177,7 +178,12 @@ AFTER_RUN = [  # where the App's reload puts new fields: its default groups
 
 
 def _run_bundle(
-    params: dict, open_sample: dict | None, initial=BEFORE_RUN, later=AFTER_RUN, unsupported=False
+    params: dict,
+    open_sample: dict | None,
+    initial=BEFORE_RUN,
+    later=AFTER_RUN,
+    unsupported=False,
+    fetch_fails=False,
 ) -> dict:
     node = shutil.which("node")
     if node is None:
@@ -186,7 +192,7 @@ def _run_bundle(
         pytest.skip("node is not installed")
     script = _NODE_HARNESS
     values = {"OPEN_SAMPLE": open_sample, "PARAMS": params, "BUNDLE": str(BUNDLE), "INITIAL": initial}
-    values.update({"UNSUPPORTED": unsupported, "LATER": later})
+    values.update({"UNSUPPORTED": unsupported, "FETCH_FAILS": fetch_fails, "LATER": later})
     for name, value in values.items():
         script = script.replace(name, json.dumps(value))
     out = subprocess.run([node, "-e", script], capture_output=True, text=True, timeout=60, check=True)
@@ -257,3 +263,10 @@ def test_in_an_app_whose_packages_differ_the_js_operator_is_still_there_and_does
     assert out["uri"] == SHOW_NEW_FIELDS  # Python's trigger finds it: no error in the App
     assert out["result"] == {"listed": [], "refetched": False, "supported": False}
     assert out["grid"] == BEFORE_RUN and out["modal"] == BEFORE_RUN and out["fetched"] == []
+
+
+def test_when_the_open_sample_cannot_be_fetched_again_the_fields_are_still_listed_and_nothing_raises():
+    out = _run_bundle({"paths": ["new_field"]}, {"id": "s1", "groupId": None}, fetch_fails=True)
+
+    assert out["modal"] == AFTER_RUN and out["updated"] == []
+    assert out["result"] == {"listed": ["new_field"], "refetched": False, "supported": True}
