@@ -17,11 +17,13 @@ from .sharding import PLUGIN
 
 #: How many of the newest runs the panel lists.
 NEWEST_RUNS = 10
+#: While runs are queued or running, the panel refreshes itself this often (milliseconds).
+AUTO_REFRESH_MS = 5_000
 #: What the panel says while runs wait for a worker.
 WORKER_HOWTO = (
     "Queued runs start when a worker takes them: run `fiftyone delegated launch` with the App's environment "
     "(the same database, `FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS=true`). `fiftyone delegated list` shows them "
-    "too; Refresh updates this table."
+    "too. This table updates itself while runs are queued or running."
 )
 _WAITING = (ExecutionRunState.QUEUED, ExecutionRunState.SCHEDULED)
 
@@ -50,7 +52,8 @@ def pending_line(rows: list[dict[str, Any]]) -> str:
     if not counts:
         return ""
     listed = ", ".join(f"{count} {state}" for state, count in counts.items())
-    return f"**Background runs: {listed}**, listed with their state at the end of this panel."
+    every = f"{AUTO_REFRESH_MS / 1000:g} s"
+    return f"**Background runs: {listed}**, listed with their state at the end of this panel (updated every {every})."
 
 
 def finished_since(before: list[dict[str, Any]], now: list[dict[str, Any]]) -> bool:

@@ -15,6 +15,7 @@ from samseg_core.stages.qa_summary import per_class_bar_traces, qa_summary, queu
 
 from .app_refresh import field_names, show_listed_fields_in_modal, show_new_fields
 from .background_runs import (
+    AUTO_REFRESH_MS,
     WORKER_HOWTO,
     finished_since,
     list_background_runs,
@@ -115,6 +116,8 @@ class QAPanel(foo.Panel):
         pending = pending_line(runs)
         if pending:
             panel.md(pending, name="background_pending")
+            # follows the runs until they end (the timer goes with the last unfinished one)
+            panel.view("background_poll", types.TimerView(interval=AUTO_REFRESH_MS, on_interval=self.refresh))
         panel.str("summary_md", view=types.MarkdownView())
         keys = state.eval_keys or []
         if keys:

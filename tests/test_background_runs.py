@@ -14,7 +14,13 @@ import pytest
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionProgress, ExecutionResult, ExecutionRunState
 
-from operators.background_runs import finished_since, list_background_runs, pending_line, waiting_for_a_worker
+from operators.background_runs import (
+    AUTO_REFRESH_MS,
+    finished_since,
+    list_background_runs,
+    pending_line,
+    waiting_for_a_worker,
+)
 
 EVALUATE = "@samseg/samseg/evaluate_iou"
 
@@ -92,3 +98,24 @@ def test_runs_on_another_dataset_are_not_listed(queueable):
         ]
     finally:
         other.delete()
+
+
+def _panel_properties(runs: list[dict]) -> dict:
+    """The QA panel's rendered properties (name -> JSON) for a state listing ``runs``."""
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(background_runs=runs, eval_keys=None, eval_key=None, views=None)
+    panel = foo.get_operator("@samseg/samseg/samseg_qa_panel")
+    return panel.render(SimpleNamespace(panel=SimpleNamespace(state=state))).to_json()["type"]["properties"]
+
+
+def test_the_panel_refreshes_itself_while_runs_are_unfinished_and_stops_when_they_end():
+    row = {"id": "r1", "run": "samseg: evaluate IoU", "queued": "", "details": ""}
+
+    for state in (ExecutionRunState.QUEUED, ExecutionRunState.RUNNING):
+        timer = _panel_properties([{**row, "state": state}])["background_poll"]["view"]
+        assert timer["name"] == "TimerView" and timer["interval"] == AUTO_REFRESH_MS
+        assert timer["on_interval"] == "@samseg/samseg/samseg_qa_panel#refresh"
+    for state in (ExecutionRunState.COMPLETED, ExecutionRunState.FAILED):
+        assert "background_poll" not in _panel_properties([{**row, "state": state}])
+    assert "background_poll" not in _panel_properties([])
