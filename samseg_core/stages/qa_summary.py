@@ -6,6 +6,7 @@ them directly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from samseg_core.stages.curation import queue_records
@@ -24,11 +25,16 @@ def _summed(result: dict[str, Any]) -> dict[str, Any]:
     return result.get("summed") or {}
 
 
+def _runs(dataset: Any, kind: str) -> Iterator[tuple[str, Any, dict[str, Any], dict[str, str] | None]]:
+    """Each samseg run of ``kind``: its key, run info, stored results and stale mark (None while fresh)."""
+    stale = stale_runs(dataset)
+    for key in list_samseg_runs(dataset, kind):
+        yield key, dataset.get_run_info(key), load_samseg_results(dataset, key), stale.get(key)
+
+
 def _evaluations(dataset: Any) -> list[dict[str, Any]]:
     out = []
-    for key in list_samseg_runs(dataset, IOU):
-        info = dataset.get_run_info(key)
-        results = load_samseg_results(dataset, key)
+    for key, info, results, stale in _runs(dataset, IOU):
         fields = []
         for field, res in (results.get("fields") or {}).items():
             summed = _summed(res)
@@ -51,7 +57,7 @@ def _evaluations(dataset: Any) -> list[dict[str, Any]]:
                 "timestamp": info.timestamp.isoformat() if info.timestamp else None,
                 "fields": fields,
                 "failed": (results.get("summary") or {}).get("failed", 0),
-                "stale": stale_runs(dataset).get(key),
+                "stale": stale,
             }
         )
     return out
@@ -59,17 +65,16 @@ def _evaluations(dataset: Any) -> list[dict[str, Any]]:
 
 def _agreements(dataset: Any) -> list[dict[str, Any]]:
     out = []
-    for key in list_samseg_runs(dataset, AGREEMENT):
-        config = dataset.get_run_info(key).config
-        agreement = load_samseg_results(dataset, key).get("agreement") or {}
+    for key, info, results, stale in _runs(dataset, AGREEMENT):
+        agreement = results.get("agreement") or {}
         out.append(
             {
                 "key": key,
-                "field_a": getattr(config, "field_a", None),
-                "field_b": getattr(config, "field_b", None),
+                "field_a": getattr(info.config, "field_a", None),
+                "field_b": getattr(info.config, "field_b", None),
                 "miou": _summed(agreement).get("miou"),
                 "miou_mean_of_images": agreement.get("mean_of_images"),
-                "stale": stale_runs(dataset).get(key),
+                "stale": stale,
             }
         )
     return out
@@ -78,17 +83,16 @@ def _agreements(dataset: Any) -> list[dict[str, Any]]:
 def _calibrations(dataset: Any) -> list[dict[str, Any]]:
     """Per calibrate_fusion run: its fields, per-split scores and per-class table (which classes gain from SAM)."""
     out = []
-    for key in list_samseg_runs(dataset, FUSION):
-        config = dataset.get_run_info(key).config
-        calibration = load_samseg_results(dataset, key).get("calibration") or {}
+    for key, info, results, stale in _runs(dataset, FUSION):
+        calibration = results.get("calibration") or {}
         out.append(
             {
                 "key": key,
-                "gt_field": getattr(config, "gt_field", None),
-                "baseline_field": getattr(config, "baseline_field", None),
+                "gt_field": getattr(info.config, "gt_field", None),
+                "baseline_field": getattr(info.config, "baseline_field", None),
                 "scores": calibration.get("scores", {}),
                 "table": calibration.get("table", []),
-                "stale": stale_runs(dataset).get(key),
+                "stale": stale,
             }
         )
     return out
@@ -96,15 +100,14 @@ def _calibrations(dataset: Any) -> list[dict[str, Any]]:
 
 def _failures(dataset: Any) -> list[dict[str, Any]]:
     out = []
-    for key in list_samseg_runs(dataset, FAILURES):
-        config = dataset.get_run_info(key).config
-        counts = load_samseg_results(dataset, key).get("counts") or {}
+    for key, info, results, stale in _runs(dataset, FAILURES):
+        counts = results.get("counts") or {}
         out.append(
             {
                 "key": key,
-                "pred_field": getattr(config, "pred_field", None),
+                "pred_field": getattr(info.config, "pred_field", None),
                 "counts": dict(counts),
-                "stale": stale_runs(dataset).get(key),
+                "stale": stale,
             }
         )
     return out
