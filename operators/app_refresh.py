@@ -18,11 +18,9 @@ SHOW_NEW_FIELDS = "@samseg/samseg/show_new_fields"
 
 
 def field_names(dataset: Any) -> list[str]:
-    """The dataset's top-level sample fields (sorted), read fresh from the database."""
-    if dataset is None:
-        return []
-    dataset.reload()  # another process (a background worker) may have added fields
-    return sorted(dataset.get_field_schema())
+    """The dataset's top-level sample fields (sorted). ``ctx.dataset`` is loaded afresh for every App request
+    (fields a background worker added included), and a run in this process updates it as it adds fields."""
+    return sorted(dataset.get_field_schema()) if dataset is not None else []
 
 
 def samseg_group(dataset: Any) -> dict[str, Any] | None:
@@ -39,7 +37,8 @@ def show_new_fields(ctx: Any, before: list[str] | set[str]) -> list[str]:
 
     Returns the new fields (empty when there are none; the App still reloads: values may have changed).
     """
-    new = [name for name in field_names(ctx.dataset) if name not in set(before)]
+    known = set(before)
+    new = [name for name in field_names(ctx.dataset) if name not in known]
     ctx.trigger("reload_dataset")
     ctx.trigger(SHOW_NEW_FIELDS, {"paths": new, "group": samseg_group(ctx.dataset)})
     return new
