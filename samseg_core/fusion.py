@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from samseg_core.metrics import MAX_CLASSES, scores_from_confusion
+from samseg_core.metrics import MAX_CLASSES, confusion_matrix, scores_from_confusion
 
 #: The methods calibration can choose from, and the thresholds each is tried at: ``refine`` at its no-harm gate
 #: (minimum IoU of SAM's mask with the baseline region), ``vote`` (no-harm voting) at its minimum vote share.
@@ -98,17 +98,16 @@ class FusionTally:
 
 
 def _count_pairs(a: np.ndarray, b: np.ndarray) -> dict[tuple[int, int], int]:
-    """Pixel counts of the distinct ``(a, b)`` pairs (one bincount: the confusion of a whole image; a stray
-    large id such as 65535 falls back to sorting, never to a huge histogram)."""
+    """Pixel counts of the distinct ``(a, b)`` pairs (the confusion matrix of a whole image, as a dict; a stray
+    large id such as 65535 falls back to sorting, never to a huge matrix)."""
     if a.size == 0:
         return {}
     a, b = a.astype(np.int64), b.astype(np.int64)
     n = int(max(a.max(), b.max())) + 1
     if n > MAX_CLASSES:
         return _count_rows(np.stack([a, b]))
-    counts = np.bincount(a * n + b, minlength=n * n)
-    codes = np.flatnonzero(counts)
-    return {(int(c // n), int(c % n)): int(counts[c]) for c in codes}
+    cm = confusion_matrix(a, b, n, ignore_index=None)  # every id is below n: nothing is left out
+    return {(int(r), int(c)): int(cm[r, c]) for r, c in zip(*np.nonzero(cm))}
 
 
 def _count_rows(columns: np.ndarray) -> dict[tuple[int, ...], int]:
