@@ -216,6 +216,11 @@ def test_deleting_a_sent_queue_with_cleanup_removes_its_run_staged_field_and_pro
     project_id = dataset.load_annotation_results(queue.anno_key).project_id
     assert _project_titles(label_studio)[project_id] == project_name(dataset.name, "sent")
 
+    with pytest.raises(Exception, match="401|[Aa]uthenticat"):  # the server refuses: nothing is removed
+        delete_relabel_queue(dataset, cleanup=True, url=label_studio.url, api_key="0" * 40)
+    assert dataset.list_annotation_runs() == ["sent"] and dataset.has_field("pred_sent")
+    assert project_id in _project_titles(label_studio)
+
     assert delete_relabel_queue(dataset, cleanup=True, url=label_studio.url, api_key=label_studio.token)
 
     assert _project_titles(label_studio) == before
@@ -225,3 +230,27 @@ def test_deleting_a_sent_queue_with_cleanup_removes_its_run_staged_field_and_pro
         and dataset.has_field("pred")
     )
     assert dataset.count_sample_tags() == {}
+
+
+def test_a_cleanup_the_server_refuses_half_way_leaves_the_queue_in_the_dataset(label_studio, review_dataset):
+    from samseg_core.stages.curation import build_relabel_queue, delete_relabel_queue, queue_records
+
+    dataset = review_dataset
+    kwargs = {"url": label_studio.url, "api_key": label_studio.token}
+    for key in ("first", "second"):  # the queue sent twice: two annotation runs
+        build_relabel_queue(
+            dataset, eval_key="ev", miou_below=0.7, backend="labelstudio", annotation_field="pred",
+            anno_key=key, annotate_kwargs=kwargs,
+        )  # fmt: skip
+    second = dataset.load_annotation_results("second").project_id
+    api(label_studio.url, label_studio.token, "DELETE", f"/api/projects/{second}/")  # gone on the server
+
+    with pytest.raises(Exception):  # noqa: B017  (the server's 404, whatever the SDK wraps it in)
+        delete_relabel_queue(dataset, cleanup=True, **kwargs)
+
+    assert sorted(dataset.list_annotation_runs()) == ["first", "second"]
+    assert (
+        dataset.has_field("pred_first")
+        and dataset.has_field("pred_second")
+        and "relabel" in queue_records(dataset)
+    )

@@ -530,11 +530,12 @@ def delete_relabel_queue(
     record = queue_records(dataset).get(name)
     if record is None:
         return False
-    for anno_key in record.get("anno_keys", []):
-        if anno_key in dataset.list_annotation_runs():
-            if cleanup:
-                dataset.load_annotation_results(anno_key, cache=False, **kwargs).cleanup()
-            dataset.delete_annotation_run(anno_key)
+    runs = [key for key in record.get("anno_keys", []) if key in dataset.list_annotation_runs()]
+    if cleanup:  # the annotation tool first: a refusal there leaves the dataset as it was
+        for anno_key in runs:
+            dataset.load_annotation_results(anno_key, cache=False, **kwargs).cleanup()
+    for anno_key in runs:
+        dataset.delete_annotation_run(anno_key)
     for staged in (record.get("regions") or {}).values():
         if dataset.get_field(staged["regions_field"]) is not None:
             dataset.delete_sample_field(staged["regions_field"])
